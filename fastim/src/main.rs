@@ -1,1 +1,38 @@
-fn main() {}
+//! `fastim`: the one binary of FastIM.
+//!
+//! Servers: `standalone` (gateway + logic + ids + embedded store in one process).
+//! Clients: `register`, `send`, `group create`, `recv`, `chat`.
+//! Load: `bench chat` and `bench idle`.
+
+mod bench;
+mod cli;
+mod commands;
+mod standalone;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let default_level = if cli.command.is_server() { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FASTIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(cli.command.run()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // Don't wait for background tasks (reconnect loops) of client commands.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

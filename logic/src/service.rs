@@ -302,8 +302,8 @@ impl LogicService {
             duplicate: appended.duplicate,
         };
         if !appended.duplicate {
-            // The sender's own device has it: its cursor moves with the ack.
-            self.cursors.advance(me.user_id, &me.device_id, &m.conversation, m.seq);
+            // Every device of every member gets it, the sender's devices included:
+            // cursors move only with the devices' own cumulative acks.
             let this = self.clone_handles();
             tokio::spawn(async move { this.fan_out(appended.message).await });
         }

@@ -1,0 +1,243 @@
+//! Command-line interface: every flag also reads a `FASTIM_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// FastIM: a distributed instant-messaging system.
+#[derive(Parser, Debug)]
+#[command(name = "fastim", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run gateway, logic and ID allocation in one process with embedded storage.
+    Standalone(StandaloneArgs),
+    /// Register a user (password from FASTIM_PASSWORD).
+    Register(ClientArgs),
+    /// Send one message and exit 0 once the server acknowledged it.
+    Send(SendArgs),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Receive messages: sync what was missed, then print live messages.
+    Recv(RecvArgs),
+    /// Interactive terminal chat.
+    Chat(ChatArgs),
+    /// Load generators.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+impl Command {
+    pub fn is_server(&self) -> bool {
+        matches!(self, Command::Standalone(_))
+    }
+
+    pub async fn run(self) -> anyhow::Result<i32> {
+        match self {
+            Command::Standalone(args) => crate::standalone::run(args).await,
+            Command::Register(args) => crate::commands::register(args).await,
+            Command::Send(args) => crate::commands::send(args).await,
+            Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
+            Command::Recv(args) => crate::commands::recv(args).await,
+            Command::Chat(args) => crate::commands::chat(args).await,
+            Command::Bench(BenchCommand::Chat(args)) => crate::bench::chat(args).await,
+            Command::Bench(BenchCommand::Idle(args)) => crate::bench::idle(args).await,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StandaloneArgs {
+    /// Directory of the embedded store.
+    #[arg(long, env = "FASTIM_DATA_DIR", default_value = "./fastim-data")]
+    pub data_dir: PathBuf,
+    /// TCP listen address (FastIM frames); port 0 picks a free port.
+    #[arg(long, env = "FASTIM_TCP", default_value = "127.0.0.1:7000")]
+    pub tcp: SocketAddr,
+    /// WebSocket listen address.
+    #[arg(long, env = "FASTIM_WS", default_value = "127.0.0.1:7001")]
+    pub ws: SocketAddr,
+    /// Heartbeat interval told to clients, in ms; 3 missed intervals close a connection.
+    #[arg(long, env = "FASTIM_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub heartbeat_ms: u64,
+    /// Time a new connection has to log in, in ms.
+    #[arg(long, env = "FASTIM_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub auth_timeout_ms: u64,
+    /// Largest frame body in bytes.
+    #[arg(long, env = "FASTIM_MAX_FRAME_BODY", default_value_t = 65_536)]
+    pub max_frame_body: usize,
+    /// Which older login a new one kicks: same-kind, single-device or never.
+    #[arg(long, env = "FASTIM_KICK_POLICY", default_value = "same-kind")]
+    pub kick_policy: String,
+    /// Frames per second one connection may send (sustained).
+    #[arg(long, env = "FASTIM_FRAMES_PER_SEC", default_value_t = 200)]
+    pub frames_per_sec: u32,
+    /// Burst of frames above the sustained rate.
+    #[arg(long, env = "FASTIM_FRAME_BURST", default_value_t = 400)]
+    pub frame_burst: u32,
+    /// Pushes queued per connection before it is closed as a slow reader.
+    #[arg(long, env = "FASTIM_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+    /// Time before an unacknowledged push is resent, in ms.
+    #[arg(long, env = "FASTIM_RETRANSMIT_MS", default_value_t = 5_000)]
+    pub retransmit_ms: u64,
+    /// Most concurrent connections.
+    #[arg(long, env = "FASTIM_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// argon2id memory cost in KiB for new password hashes.
+    #[arg(long, env = "FASTIM_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations for new password hashes.
+    #[arg(long, env = "FASTIM_ARGON2_ITERATIONS", default_value_t = 2)]
+    pub argon2_iterations: u32,
+    /// Session token lifetime in seconds.
+    #[arg(long, env = "FASTIM_SESSION_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+    /// Connections per second asked to reconnect while shutting down.
+    #[arg(long, env = "FASTIM_DRAIN_RATE", default_value_t = 500)]
+    pub drain_rate: u32,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum Kind {
+    Mobile,
+    Desktop,
+    Web,
+    Bot,
+}
+
+impl Kind {
+    pub fn proto(self) -> fastim_proto::client::DeviceKind {
+        use fastim_proto::client::DeviceKind as K;
+        match self {
+            Kind::Mobile => K::Mobile,
+            Kind::Desktop => K::Desktop,
+            Kind::Web => K::Web,
+            Kind::Bot => K::Bot,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Server address: host:port (TCP) or ws://host:port/ (WebSocket); comma-separated to try several.
+    #[arg(long, env = "FASTIM_SERVER", default_value = "127.0.0.1:7000")]
+    pub server: String,
+    /// User name.
+    #[arg(long, env = "FASTIM_USER")]
+    pub user: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Recipient user name (1:1 chat).
+    #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+    pub to: Option<String>,
+    /// Group id.
+    #[arg(long)]
+    pub group: Option<u64>,
+    /// Device kind this command logs in as.
+    #[arg(long, value_enum, default_value = "bot")]
+    pub device_kind: Kind,
+    /// The message text.
+    pub text: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a group; prints its id.
+    Create(GroupCreateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GroupCreateArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Group title.
+    #[arg(long)]
+    pub name: String,
+    /// Member user names, comma-separated (you are added).
+    #[arg(long, value_delimiter = ',')]
+    pub members: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecvArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Device kind; a later login of the same kind kicks this one.
+    #[arg(long, value_enum, default_value = "mobile")]
+    pub device_kind: Kind,
+    /// Device id (delivery cursors are kept per device); defaults to the kind.
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long = "for")]
+    pub for_secs: Option<f64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Device kind.
+    #[arg(long, value_enum, default_value = "desktop")]
+    pub device_kind: Kind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// 1:1 message throughput and latency.
+    Chat(BenchChatArgs),
+    /// Memory per idle authenticated connection.
+    Idle(BenchIdleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchChatArgs {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub server: String,
+    /// Sender/receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 50)]
+    pub pairs: usize,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 200)]
+    pub messages: usize,
+    /// Messages each sender keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Password of the bench users (they are registered when missing).
+    #[arg(long, env = "FASTIM_PASSWORD", default_value = "bench-password")]
+    pub password: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchIdleArgs {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub server: String,
+    /// Authenticated connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Pid of the server, to read its resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: u32,
+    /// Connections opened concurrently.
+    #[arg(long, default_value_t = 200)]
+    pub parallel: usize,
+    /// Password of the bench users.
+    #[arg(long, env = "FASTIM_PASSWORD", default_value = "bench-password")]
+    pub password: String,
+}

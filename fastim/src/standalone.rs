@@ -1,0 +1,102 @@
+//! `fastim standalone`: gateway, logic and ID allocation in one process, on the
+//! embedded store. The pieces talk through the same traits as in a cluster (the
+//! `Logic` and `Gateway` gRPC service traits, `Store`, `RouteTable`); only the
+//! implementations differ.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fastim_gateway::server::{self, Listeners};
+use fastim_gateway::{Gateway, GatewayConfig};
+use fastim_idgen::Snowflake;
+use fastim_logic::auth::HashCost;
+use fastim_logic::gateways::LocalGateways;
+use fastim_logic::routes::MemoryRoutes;
+use fastim_logic::store::embedded::EmbeddedStore;
+use fastim_logic::{LogicConfig, LogicService};
+
+use crate::cli::StandaloneArgs;
+
+fn configs(args: &StandaloneArgs) -> anyhow::Result<(LogicConfig, GatewayConfig)> {
+    let logic = LogicConfig {
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        session_ttl: Duration::from_secs(args.session_ttl_secs),
+        hash_cost: HashCost { memory_kib: args.argon2_memory_kib, iterations: args.argon2_iterations },
+        kick_policy: args.kick_policy.parse().map_err(|e| anyhow::anyhow!("--kick-policy: {e}"))?,
+        ..LogicConfig::default()
+    };
+    logic.validate().map_err(|e| anyhow::anyhow!("invalid logic configuration: {e}"))?;
+    let gateway = GatewayConfig {
+        id: "standalone".into(),
+        tcp_addr: Some(args.tcp),
+        ws_addr: Some(args.ws),
+        max_frame_body: args.max_frame_body,
+        auth_timeout: Duration::from_millis(args.auth_timeout_ms),
+        outbound_queue: args.outbound_queue,
+        retransmit_after: Duration::from_millis(args.retransmit_ms),
+        frames_per_sec: args.frames_per_sec,
+        frame_burst: args.frame_burst,
+        max_connections: args.max_connections,
+        drain_rate: args.drain_rate,
+        ..GatewayConfig::default()
+    };
+    gateway.validate().map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
+    Ok((logic, gateway))
+}
+
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<i32> {
+    let (logic_config, gateway_config) = configs(&args)?;
+    let store = EmbeddedStore::open(&args.data_dir)
+        .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+    let ids = Arc::new(Snowflake::new(0)?);
+    let gateways = Arc::new(LocalGateways::default());
+    let logic = LogicService::new(
+        logic_config,
+        Arc::new(store),
+        ids,
+        Arc::new(MemoryRoutes::default()),
+        gateways.clone(),
+    );
+    let gateway_id = gateway_config.id.clone();
+    let gateway = Gateway::new(gateway_config, logic.clone());
+    gateways.set(&gateway_id, gateway.clone());
+    let listeners = Listeners::bind(&gateway).await?;
+    let tcp = listeners.tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let ws = listeners.ws.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(data_dir = %args.data_dir.display(), "fastim standalone started");
+    // One machine-readable line for scripts and tests that start us on port 0.
+    println!(
+        "fastim standalone ready tcp={} ws=ws://{}/",
+        tcp.map(|a| a.to_string()).unwrap_or_default(),
+        ws.map(|a| a.to_string()).unwrap_or_default()
+    );
+    server::serve(gateway, listeners, shutdown_signal()).await;
+    logic.flush().await;
+    tracing::info!("fastim standalone stopped");
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested: draining");
+}
