@@ -38,7 +38,9 @@ pub enum FrameWriter {
 pub async fn connect(server: &str, max_body: usize) -> Result<(FrameReader, FrameWriter), ClientError> {
     let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{server}: {e}"));
     if server.starts_with("ws://") || server.starts_with("wss://") {
-        let (ws, _) = tokio_tungstenite::connect_async(server).await.map_err(|e| unreachable(&e))?;
+        let (ws, _) = tokio_tungstenite::connect_async(server)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let (sink, stream) = ws.split();
         Ok((FrameReader::Ws(stream, max_body), FrameWriter::Ws(sink)))
     } else {
@@ -46,7 +48,10 @@ pub async fn connect(server: &str, max_body: usize) -> Result<(FrameReader, Fram
         let stream = TcpStream::connect(addr).await.map_err(|e| unreachable(&e))?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
-        Ok((FrameReader::Tcp(r, BytesMut::new(), FrameCodec::new(max_body)), FrameWriter::Tcp(w)))
+        Ok((
+            FrameReader::Tcp(r, BytesMut::new(), FrameCodec::new(max_body)),
+            FrameWriter::Tcp(w),
+        ))
     }
 }
 
@@ -92,7 +97,10 @@ impl FrameWriter {
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         let result = match self {
             FrameWriter::Tcp(w) => w.write_all(bytes).await.map_err(|e| e.to_string()),
-            FrameWriter::Ws(sink) => sink.send(WsMessage::Binary(bytes.to_vec().into())).await.map_err(|e| e.to_string()),
+            FrameWriter::Ws(sink) => sink
+                .send(WsMessage::Binary(bytes.to_vec().into()))
+                .await
+                .map_err(|e| e.to_string()),
         };
         result.map_err(ClientError::Disconnected)
     }

@@ -96,7 +96,11 @@ mod tests {
     use super::*;
 
     fn msg(c: &str, seq: u64) -> Message {
-        Message { conversation: c.into(), seq, ..Default::default() }
+        Message {
+            conversation: c.into(),
+            seq,
+            ..Default::default()
+        }
     }
 
     fn seqs(a: &Accepted) -> Vec<u64> {

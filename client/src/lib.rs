@@ -254,14 +254,23 @@ impl Client {
     }
 
     /// Like [`Client::send_text`] with a caller-chosen client message id.
-    pub async fn send_with_id(&self, target: Target, text: &str, client_msg_id: &str) -> Result<pb::SendResponse, ClientError> {
+    pub async fn send_with_id(
+        &self,
+        target: Target,
+        text: &str,
+        client_msg_id: &str,
+    ) -> Result<pb::SendResponse, ClientError> {
         use pb::send_request::Target as T;
         let target = match target {
             Target::User(u) => T::ToUser(u),
             Target::Group(g) => T::GroupId(g),
             Target::Conversation(c) => T::Conversation(c),
         };
-        let request = pb::SendRequest { target: Some(target), client_msg_id: client_msg_id.to_owned(), text: text.to_owned() };
+        let request = pb::SendRequest {
+            target: Some(target),
+            client_msg_id: client_msg_id.to_owned(),
+            text: text.to_owned(),
+        };
         let deadline = tokio::time::Instant::now() + self.shared.config.send_timeout;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -277,21 +286,36 @@ impl Client {
 
     /// Creates a group with these members (the caller is added).
     pub async fn create_group(&self, name: &str, members: &[String]) -> Result<pb::Group, ClientError> {
-        let request = pb::GroupCreateRequest { name: name.to_owned(), members: members.to_vec() };
+        let request = pb::GroupCreateRequest {
+            name: name.to_owned(),
+            members: members.to_vec(),
+        };
         let response: pb::GroupCreateResponse = self.request(Command::GroupCreate, &request).await?;
-        response.group.ok_or_else(|| ClientError::Protocol("group missing in response".into()))
+        response
+            .group
+            .ok_or_else(|| ClientError::Protocol("group missing in response".into()))
     }
 
     /// Adds members to a group.
     pub async fn add_members(&self, group_id: u64, members: &[String]) -> Result<(), ClientError> {
-        let request = pb::GroupMembersChange { group_id, members: members.to_vec() };
-        self.request::<_, pb::GroupMembersChangeResponse>(Command::GroupAddMembers, &request).await.map(|_| ())
+        let request = pb::GroupMembersChange {
+            group_id,
+            members: members.to_vec(),
+        };
+        self.request::<_, pb::GroupMembersChangeResponse>(Command::GroupAddMembers, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Removes members from a group (the owner removes others; anyone may leave).
     pub async fn remove_members(&self, group_id: u64, members: &[String]) -> Result<(), ClientError> {
-        let request = pb::GroupMembersChange { group_id, members: members.to_vec() };
-        self.request::<_, pb::GroupMembersChangeResponse>(Command::GroupRemoveMembers, &request).await.map(|_| ())
+        let request = pb::GroupMembersChange {
+            group_id,
+            members: members.to_vec(),
+        };
+        self.request::<_, pb::GroupMembersChangeResponse>(Command::GroupRemoveMembers, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Groups the user belongs to.
@@ -302,34 +326,48 @@ impl Client {
 
     /// Member names of a group.
     pub async fn group_members(&self, group_id: u64) -> Result<Vec<String>, ClientError> {
-        let response: pb::GroupMembersResponse =
-            self.request(Command::GroupMembers, &pb::GroupMembersRequest { group_id }).await?;
+        let response: pb::GroupMembersResponse = self
+            .request(Command::GroupMembers, &pb::GroupMembersRequest { group_id })
+            .await?;
         Ok(response.members)
     }
 
     /// Older messages of a conversation, newest first (`before_seq == 0`: from the newest).
     pub async fn history(&self, conversation: &str, before_seq: u64, limit: u32) -> Result<Vec<Message>, ClientError> {
-        let request = pb::HistoryRequest { conversation: conversation.to_owned(), before_seq, limit };
+        let request = pb::HistoryRequest {
+            conversation: conversation.to_owned(),
+            before_seq,
+            limit,
+        };
         let response: pb::HistoryResponse = self.request(Command::History, &request).await?;
         Ok(response.messages)
     }
 
     /// Conversations with their unread counts.
     pub async fn conversations(&self) -> Result<Vec<pb::ConversationSummary>, ClientError> {
-        let response: pb::ConversationsResponse =
-            self.request(Command::Conversations, &pb::ConversationsRequest {}).await?;
+        let response: pb::ConversationsResponse = self
+            .request(Command::Conversations, &pb::ConversationsRequest {})
+            .await?;
         Ok(response.conversations)
     }
 
     /// Marks a conversation read up to `seq`.
     pub async fn mark_read(&self, conversation: &str, seq: u64) -> Result<(), ClientError> {
-        let request = pb::MarkReadRequest { conversation: conversation.to_owned(), seq };
-        self.request::<_, pb::MarkReadResponse>(Command::MarkRead, &request).await.map(|_| ())
+        let request = pb::MarkReadRequest {
+            conversation: conversation.to_owned(),
+            seq,
+        };
+        self.request::<_, pb::MarkReadResponse>(Command::MarkRead, &request)
+            .await
+            .map(|_| ())
     }
 
     /// Revokes the session token and closes the client.
     pub async fn logout(&self) -> Result<(), ClientError> {
-        let result = self.request::<_, pb::LogoutResponse>(Command::Logout, &pb::LogoutRequest {}).await.map(|_| ());
+        let result = self
+            .request::<_, pb::LogoutResponse>(Command::Logout, &pb::LogoutRequest {})
+            .await
+            .map(|_| ());
         self.close();
         result
     }
@@ -385,8 +423,12 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         match result {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::Disconnected("connection closed before the response".into())),
-            Err(_) => Err(ClientError::Timeout(format!("no response to {command:?} in {timeout:?}"))),
+            Ok(Err(_)) => Err(ClientError::Disconnected(
+                "connection closed before the response".into(),
+            )),
+            Err(_) => Err(ClientError::Timeout(format!(
+                "no response to {command:?} in {timeout:?}"
+            ))),
         }
     }
 
@@ -404,12 +446,17 @@ impl Shared {
 
     async fn login(&self, server: &str, token: &str) -> Result<Session, ClientError> {
         let timeout = self.config.request_timeout;
-        let (mut reader, mut writer) = tokio::time::timeout(timeout, connection::connect(server, self.config.max_frame_body))
-            .await
-            .map_err(|_| ClientError::Unreachable(format!("{server}: connect timed out")))??;
+        let (mut reader, mut writer) =
+            tokio::time::timeout(timeout, connection::connect(server, self.config.max_frame_body))
+                .await
+                .map_err(|_| ClientError::Unreachable(format!("{server}: connect timed out")))??;
         let login = pb::LoginRequest {
             user: self.config.user.clone(),
-            password: if token.is_empty() { self.config.password.clone() } else { String::new() },
+            password: if token.is_empty() {
+                self.config.password.clone()
+            } else {
+                String::new()
+            },
             token: token.to_owned(),
             device_kind: self.config.device_kind as i32,
             device_id: self.config.device_id.clone(),
@@ -476,7 +523,10 @@ impl Shared {
         loop {
             let cursors = self.delivery.lock().unwrap_or_else(|e| e.into_inner()).cursors();
             let request = pb::SyncRequest {
-                cursors: cursors.into_iter().map(|(conversation, seq)| pb::Cursor { conversation, seq }).collect(),
+                cursors: cursors
+                    .into_iter()
+                    .map(|(conversation, seq)| pb::Cursor { conversation, seq })
+                    .collect(),
                 limit: 0,
             };
             let frame = self.request(Command::Sync, &request).await?;
@@ -539,7 +589,9 @@ async fn run(shared: Arc<Shared>, mut server: usize, first: Session, ready: ones
                     let _ = shared.events.send(Event::Disconnected(reason));
                 }
                 End::Moved => {
-                    let _ = shared.events.send(Event::Disconnected("server asked to reconnect".into()));
+                    let _ = shared
+                        .events
+                        .send(Event::Disconnected("server asked to reconnect".into()));
                     server += 1;
                     // Spread reconnects a little even when told to go now.
                     let jitter = rand::rng().random_range(0..=shared.config.min_backoff.as_millis() as u64);
@@ -560,7 +612,9 @@ async fn run(shared: Arc<Shared>, mut server: usize, first: Session, ready: ones
             Ok(s) => session = Some(s),
             Err(ClientError::Server(e)) if e.code() == ErrorCode::AuthFailed => {
                 shared.closed.store(true, Ordering::SeqCst);
-                let _ = shared.events.send(Event::Kicked(format!("login refused: {}", e.message)));
+                let _ = shared
+                    .events
+                    .send(Event::Kicked(format!("login refused: {}", e.message)));
                 return;
             }
             Err(e) => {
@@ -574,10 +628,16 @@ async fn run(shared: Arc<Shared>, mut server: usize, first: Session, ready: ones
 
 /// Serves one logged-in session until it ends.
 async fn serve(shared: &Arc<Shared>, session: Session, ready: Option<oneshot::Sender<()>>) -> End {
-    let Session { mut reader, mut writer, login } = session;
+    let Session {
+        mut reader,
+        mut writer,
+        login,
+    } = session;
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(1024);
     shared.out.send_replace(Some(out_tx.clone()));
-    let _ = shared.events.send(Event::Connected { gateway_id: login.gateway_id.clone() });
+    let _ = shared.events.send(Event::Connected {
+        gateway_id: login.gateway_id.clone(),
+    });
     shared.spawn_sync();
     if let Some(ready) = ready {
         let _ = ready.send(());

@@ -22,9 +22,15 @@ use crate::cli::{BenchChatArgs, BenchIdleArgs};
 /// Registers a user with a raw REGISTER frame; an existing user is fine.
 async fn ensure_user(server: &str, user: &str, password: &str) -> anyhow::Result<()> {
     let (mut reader, mut writer) = fastim_client::connection::connect(server, 1 << 20).await?;
-    let request = pb::RegisterRequest { user: user.to_owned(), password: password.to_owned() };
+    let request = pb::RegisterRequest {
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
     writer.write(&Frame::new(Command::Register, 1, &request)).await?;
-    let frame = reader.read().await?.ok_or_else(|| anyhow!("server closed during REGISTER"))?;
+    let frame = reader
+        .read()
+        .await?
+        .ok_or_else(|| anyhow!("server closed during REGISTER"))?;
     writer.close().await;
     if frame.command() == Some(Command::Error) {
         let e: pb::Error = frame.decode()?;
@@ -107,7 +113,12 @@ pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
         config.device_kind = DeviceKind::Bot;
         clients.push(Client::connect(config).await?.0);
     }
-    eprintln!("sending {} messages over {} pairs, window {} ...", args.pairs * args.messages, args.pairs, args.window);
+    eprintln!(
+        "sending {} messages over {} pairs, window {} ...",
+        args.pairs * args.messages,
+        args.pairs,
+        args.window
+    );
     let acked = Arc::new(Mutex::new(new_histogram()));
     let began = Instant::now();
     let mut sender_tasks = Vec::new();
@@ -146,12 +157,25 @@ pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
         received += t.await?;
     }
     let total_secs = began.elapsed().as_secs_f64();
-    println!("pairs {}, messages acknowledged {sent_ok}, delivered {received}", args.pairs);
-    println!("durable send throughput: {:.0} msg/s ({sent_ok} in {send_secs:.2} s)", sent_ok as f64 / send_secs);
-    println!("delivery throughput: {:.0} msg/s ({received} in {total_secs:.2} s)", received as f64 / total_secs);
+    println!(
+        "pairs {}, messages acknowledged {sent_ok}, delivered {received}",
+        args.pairs
+    );
+    println!(
+        "durable send throughput: {:.0} msg/s ({sent_ok} in {send_secs:.2} s)",
+        sent_ok as f64 / send_secs
+    );
+    println!(
+        "delivery throughput: {:.0} msg/s ({received} in {total_secs:.2} s)",
+        received as f64 / total_secs
+    );
     print_histogram("ack latency (send -> durable ack)", &*acked.lock().await);
     print_histogram("delivery latency (send -> receiver)", &*delivered.lock().await);
-    Ok(if sent_ok == received && sent_ok == args.pairs * args.messages { 0 } else { 2 })
+    Ok(if sent_ok == received && sent_ok == args.pairs * args.messages {
+        0
+    } else {
+        2
+    })
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -163,7 +187,12 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
 }
 
-async fn login_raw(server: &str, user: &str, password: &str, kind: DeviceKind) -> anyhow::Result<(FrameReader, FrameWriter)> {
+async fn login_raw(
+    server: &str,
+    user: &str,
+    password: &str,
+    kind: DeviceKind,
+) -> anyhow::Result<(FrameReader, FrameWriter)> {
     let (mut reader, mut writer) = fastim_client::connection::connect(server, 1 << 20).await?;
     let login = pb::LoginRequest {
         user: user.to_owned(),
@@ -182,18 +211,31 @@ async fn login_raw(server: &str, user: &str, password: &str, kind: DeviceKind) -
 }
 
 pub async fn idle(args: BenchIdleArgs) -> anyhow::Result<i32> {
-    const KINDS: [DeviceKind; 4] = [DeviceKind::Mobile, DeviceKind::Desktop, DeviceKind::Web, DeviceKind::Bot];
+    const KINDS: [DeviceKind; 4] = [
+        DeviceKind::Mobile,
+        DeviceKind::Desktop,
+        DeviceKind::Web,
+        DeviceKind::Bot,
+    ];
     let users: Vec<String> = (0..args.connections.div_ceil(4)).map(|i| format!("idle-{i}")).collect();
     eprintln!("registering {} users ...", users.len());
     ensure_users(&args.server, &users, &args.password, 32).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kib(args.server_pid)?;
-    eprintln!("server RSS before: {before} KiB; opening {} connections ...", args.connections);
+    eprintln!(
+        "server RSS before: {before} KiB; opening {} connections ...",
+        args.connections
+    );
     let gate = Arc::new(Semaphore::new(args.parallel));
     let mut tasks = Vec::new();
     let started = Instant::now();
     for i in 0..args.connections {
-        let (server, user, password, gate) = (args.server.clone(), users[i / 4].clone(), args.password.clone(), gate.clone());
+        let (server, user, password, gate) = (
+            args.server.clone(),
+            users[i / 4].clone(),
+            args.password.clone(),
+            gate.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
             login_raw(&server, &user, &password, KINDS[i % 4]).await
@@ -219,7 +261,11 @@ pub async fn idle(args: BenchIdleArgs) -> anyhow::Result<i32> {
     let per_conn = (after.saturating_sub(before)) as f64 * 1024.0 / args.connections as f64;
     println!("connections: {} (logged in over {connect_secs:.1} s)", args.connections);
     println!("server RSS: {before} KiB before, {after} KiB after");
-    println!("memory per idle authenticated connection: {:.0} bytes ({:.2} KiB)", per_conn, per_conn / 1024.0);
+    println!(
+        "memory per idle authenticated connection: {:.0} bytes ({:.2} KiB)",
+        per_conn,
+        per_conn / 1024.0
+    );
     for (_, w) in conns.iter_mut() {
         w.close().await;
     }

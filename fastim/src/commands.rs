@@ -12,12 +12,18 @@ use tokio::io::AsyncBufReadExt;
 use crate::cli::{ChatArgs, ClientArgs, GroupCreateArgs, RecvArgs, SendArgs};
 
 fn password() -> anyhow::Result<String> {
-    std::env::var("FASTIM_PASSWORD").map_err(|_| anyhow!("set the password in the environment variable FASTIM_PASSWORD"))
+    std::env::var("FASTIM_PASSWORD")
+        .map_err(|_| anyhow!("set the password in the environment variable FASTIM_PASSWORD"))
 }
 
 fn config(args: &ClientArgs, kind: DeviceKind, receive: bool) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new("", &args.user, &password()?);
-    config.servers = args.server.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    config.servers = args
+        .server
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     config.device_kind = kind;
     config.receive = receive;
     Ok(config)
@@ -38,9 +44,17 @@ async fn connect(config: ClientConfig) -> anyhow::Result<(Client, tokio::sync::m
 pub async fn register(args: ClientArgs) -> anyhow::Result<i32> {
     let password = password()?;
     let server = args.server.split(',').next().unwrap_or_default().trim().to_owned();
-    let (mut reader, mut writer) = fastim_client::connection::connect(&server, 1 << 20).await.map_err(explain)?;
-    let request = pb::RegisterRequest { user: args.user.clone(), password };
-    writer.write(&fastim_proto::Frame::new(Command::Register, 1, &request)).await.map_err(explain)?;
+    let (mut reader, mut writer) = fastim_client::connection::connect(&server, 1 << 20)
+        .await
+        .map_err(explain)?;
+    let request = pb::RegisterRequest {
+        user: args.user.clone(),
+        password,
+    };
+    writer
+        .write(&fastim_proto::Frame::new(Command::Register, 1, &request))
+        .await
+        .map_err(explain)?;
     let frame = tokio::time::timeout(Duration::from_secs(30), reader.read())
         .await
         .map_err(|_| anyhow!("server did not answer"))?
@@ -93,7 +107,11 @@ fn message_json(m: &Message) -> serde_json::Value {
 }
 
 fn message_line(m: &Message) -> String {
-    let place = if m.group_id != 0 { format!("group {}", m.group_id) } else { "direct".to_owned() };
+    let place = if m.group_id != 0 {
+        format!("group {}", m.group_id)
+    } else {
+        "direct".to_owned()
+    };
     format!("[{place} #{}] {}: {}", m.seq, m.sender, m.text)
 }
 
@@ -116,7 +134,9 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<i32> {
         Ok(())
     };
     let result = match args.for_secs {
-        Some(secs) => tokio::time::timeout(Duration::from_secs_f64(secs.max(0.0)), run).await.unwrap_or(Ok(())),
+        Some(secs) => tokio::time::timeout(Duration::from_secs_f64(secs.max(0.0)), run)
+            .await
+            .unwrap_or(Ok(())),
         None => tokio::select! {
             r = run => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
@@ -128,7 +148,10 @@ pub async fn recv(args: RecvArgs) -> anyhow::Result<i32> {
 
 pub async fn chat(args: ChatArgs) -> anyhow::Result<i32> {
     let (client, mut events) = connect(config(&args.client, args.device_kind.proto(), true)?).await?;
-    println!("logged in as {}. Type /to NAME or /group ID to pick a chat, then type messages.", args.client.user);
+    println!(
+        "logged in as {}. Type /to NAME or /group ID to pick a chat, then type messages.",
+        args.client.user
+    );
     println!("Commands: /to NAME, /group ID, /groups, /unread, /history, /quit");
     let mut target: Option<Target> = None;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -187,7 +210,10 @@ async fn chat_line(client: &Client, target: &mut Option<Target>, line: &str) -> 
                 Some(Target::Group(id)) => fastim_proto::conversation::group(*id),
                 Some(Target::User(name)) => {
                     let c = client.conversations().await.map_err(explain)?;
-                    c.into_iter().find(|c| &c.title == name).map(|c| c.conversation).context("no chat with that user yet")?
+                    c.into_iter()
+                        .find(|c| &c.title == name)
+                        .map(|c| c.conversation)
+                        .context("no chat with that user yet")?
                 }
                 _ => anyhow::bail!("pick a chat first"),
             };

@@ -22,11 +22,19 @@ fn configs(args: &StandaloneArgs) -> anyhow::Result<(LogicConfig, GatewayConfig)
     let logic = LogicConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         session_ttl: Duration::from_secs(args.session_ttl_secs),
-        hash_cost: HashCost { memory_kib: args.argon2_memory_kib, iterations: args.argon2_iterations },
-        kick_policy: args.kick_policy.parse().map_err(|e| anyhow::anyhow!("--kick-policy: {e}"))?,
+        hash_cost: HashCost {
+            memory_kib: args.argon2_memory_kib,
+            iterations: args.argon2_iterations,
+        },
+        kick_policy: args
+            .kick_policy
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--kick-policy: {e}"))?,
         ..LogicConfig::default()
     };
-    logic.validate().map_err(|e| anyhow::anyhow!("invalid logic configuration: {e}"))?;
+    logic
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid logic configuration: {e}"))?;
     let gateway = GatewayConfig {
         id: "standalone".into(),
         tcp_addr: Some(args.tcp),
@@ -41,7 +49,9 @@ fn configs(args: &StandaloneArgs) -> anyhow::Result<(LogicConfig, GatewayConfig)
         drain_rate: args.drain_rate,
         ..GatewayConfig::default()
     };
-    gateway.validate().map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
+    gateway
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
     Ok((logic, gateway))
 }
 

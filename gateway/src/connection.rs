@@ -41,7 +41,20 @@ fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> 
     Frame::error(request_id, &client::Error::new(code, message))
 }
 
-/// A simple token bucket for the frames a client may send.
+/// What the rate limit says about one frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Rate {
+    /// Serve it.
+    Allow,
+    /// Over the rate: answer RATE_LIMITED (retriable) without serving it.
+    Limited,
+    /// Still sending a whole burst past the limit: a flood, close.
+    Flood,
+}
+
+/// A token bucket for the frames a client may send. Frames past the limit keep
+/// draining it below zero; a client that ignores RATE_LIMITED answers and drains
+/// another whole burst is flooding and gets closed.
 struct RateLimit {
     tokens: f64,
     per_sec: f64,
@@ -51,19 +64,26 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(per_sec: u32, burst: u32) -> Self {
-        RateLimit { tokens: burst as f64, per_sec: per_sec as f64, burst: burst as f64, last: Instant::now() }
+        RateLimit {
+            tokens: burst as f64,
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
     }
 
-    fn allow(&mut self) -> bool {
+    fn check(&mut self) -> Rate {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Rate::Allow
+        } else if self.tokens > -self.burst {
+            Rate::Limited
         } else {
-            false
+            Rate::Flood
         }
     }
 }
@@ -93,7 +113,10 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
     let config = &gateway.config;
     let (tx, mut rx) = mpsc::channel(config.outbound_queue);
     let overflow = Arc::new(Notify::new());
-    let id = gateway.registry.insert(ConnHandle { tx, overflow: overflow.clone() });
+    let id = gateway.registry.insert(ConnHandle {
+        tx,
+        overflow: overflow.clone(),
+    });
     let mut conn = Connection {
         id,
         transport,
@@ -167,7 +190,11 @@ impl Connection {
     }
 
     async fn write(&mut self, frames: &[Frame]) -> Option<Close> {
-        match self.transport.write_frames(frames, self.gateway.config.write_timeout).await {
+        match self
+            .transport
+            .write_frames(frames, self.gateway.config.write_timeout)
+            .await
+        {
             Ok(()) => None,
             Err(e) => {
                 tracing::debug!(conn = self.id, error = %e, "write failed");
@@ -178,25 +205,36 @@ impl Connection {
 
     async fn outbound(&mut self, item: Outbound) -> Option<Close> {
         match item {
+            // Pushes only reach logged-in connections.
+            Outbound::Push(_) if self.device.is_none() => None,
             Outbound::Push(messages) => {
-                if self.device.is_none() {
-                    return None;
-                }
                 if self.unacked.len() + messages.len() > self.gateway.config.outbound_queue * 4 {
-                    return Some(Close::With(error_frame(0, ErrorCode::RateLimited, "too many unacknowledged pushes")));
+                    return Some(Close::With(error_frame(
+                        0,
+                        ErrorCode::RateLimited,
+                        "too many unacknowledged pushes",
+                    )));
                 }
                 self.unacked.extend(messages.iter().cloned());
                 if self.resend_at.is_none() {
                     self.resend_at = Some(Instant::now() + self.gateway.config.retransmit_after);
                     self.resends = 0;
                 }
-                let frame = Frame::new(Command::Push, 0, &client::Push { messages: messages.to_vec() });
+                let frame = Frame::new(
+                    Command::Push,
+                    0,
+                    &client::Push {
+                        messages: messages.to_vec(),
+                    },
+                );
                 self.write(&[frame]).await
             }
             Outbound::Kick(reason) => Some(Close::With(Frame::new(Command::Kick, 0, &client::Kick { reason }))),
-            Outbound::Reconnect(reason) => {
-                Some(Close::With(Frame::new(Command::Reconnect, 0, &client::Reconnect { after_ms: 0, reason })))
-            }
+            Outbound::Reconnect(reason) => Some(Close::With(Frame::new(
+                Command::Reconnect,
+                0,
+                &client::Reconnect { after_ms: 0, reason },
+            ))),
         }
     }
 
@@ -209,19 +247,36 @@ impl Connection {
             return Some(Close::With(Frame::new(
                 Command::Kick,
                 0,
-                &client::Kick { reason: "pushes not acknowledged: reconnect and sync".into() },
+                &client::Kick {
+                    reason: "pushes not acknowledged: reconnect and sync".into(),
+                },
             )));
         }
         self.resends += 1;
         self.resend_at = Some(Instant::now() + self.gateway.config.retransmit_after);
-        let frame = Frame::new(Command::Push, 0, &client::Push { messages: self.unacked.clone() });
+        let frame = Frame::new(
+            Command::Push,
+            0,
+            &client::Push {
+                messages: self.unacked.clone(),
+            },
+        );
         self.write(&[frame]).await
     }
 
     async fn inbound(&mut self, frame: Frame) -> Option<Close> {
         let rid = frame.request_id;
-        if !self.rate.allow() {
-            return Some(Close::With(error_frame(rid, ErrorCode::RateLimited, "too many frames: slow down")));
+        match self.rate.check() {
+            Rate::Allow => {}
+            Rate::Limited => {
+                let mut error = client::Error::new(ErrorCode::RateLimited, "too many frames: slow down and retry");
+                error.retriable = true;
+                return self.write(&[Frame::error(rid, &error)]).await;
+            }
+            Rate::Flood => {
+                let msg = "flooding: too many frames after RATE_LIMITED answers";
+                return Some(Close::With(error_frame(rid, ErrorCode::RateLimited, msg)));
+            }
         }
         if frame.flags & flags::ENCRYPTED != 0 {
             let msg = "encrypted bodies are not supported by protocol version 1: use the TLS listener";
@@ -244,15 +299,30 @@ impl Connection {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
-                self.write(&[Frame::response(Command::Ping, rid, &client::Pong { server_time_unix_ms: now })]).await
+                self.write(&[Frame::response(
+                    Command::Ping,
+                    rid,
+                    &client::Pong {
+                        server_time_unix_ms: now,
+                    },
+                )])
+                .await
             }
             (Command::Login, None) => self.login(frame).await,
             (Command::Login, Some(_)) => {
-                self.write(&[error_frame(rid, ErrorCode::AlreadyLoggedIn, "this connection is already logged in")])
-                    .await
+                self.write(&[error_frame(
+                    rid,
+                    ErrorCode::AlreadyLoggedIn,
+                    "this connection is already logged in",
+                )])
+                .await
             }
             (Command::Register, _) | (_, Some(_)) => self.call(command, frame).await,
-            (_, None) => Some(Close::With(error_frame(rid, ErrorCode::NotAuthenticated, "log in first"))),
+            (_, None) => Some(Close::With(error_frame(
+                rid,
+                ErrorCode::NotAuthenticated,
+                "log in first",
+            ))),
         }
     }
 
@@ -260,13 +330,30 @@ impl Connection {
         let rid = frame.request_id;
         let login: client::LoginRequest = match frame.decode() {
             Ok(l) => l,
-            Err(e) => return Some(Close::With(error_frame(rid, ErrorCode::BadBody, format!("undecodable LOGIN: {e}")))),
+            Err(e) => {
+                return Some(Close::With(error_frame(
+                    rid,
+                    ErrorCode::BadBody,
+                    format!("undecodable LOGIN: {e}"),
+                )));
+            }
         };
-        let request = AuthRequest { login: Some(login), gateway_id: self.gateway.config.id.clone(), conn_id: self.id };
-        let reply = match tokio::time::timeout(LOGIC_TIMEOUT, self.gateway.logic.authenticate(Request::new(request))).await {
-            Ok(Ok(reply)) => reply.into_inner(),
-            _ => return Some(Close::With(error_frame(rid, ErrorCode::Unavailable, "login service unavailable, retry"))),
+        let request = AuthRequest {
+            login: Some(login),
+            gateway_id: self.gateway.config.id.clone(),
+            conn_id: self.id,
         };
+        let reply =
+            match tokio::time::timeout(LOGIC_TIMEOUT, self.gateway.logic.authenticate(Request::new(request))).await {
+                Ok(Ok(reply)) => reply.into_inner(),
+                _ => {
+                    return Some(Close::With(error_frame(
+                        rid,
+                        ErrorCode::Unavailable,
+                        "login service unavailable, retry",
+                    )));
+                }
+            };
         match (reply.response, reply.device, reply.error) {
             (Some(response), Some(device), None) => {
                 self.heartbeat = Duration::from_millis(response.heartbeat_interval_ms.max(100) as u64);
@@ -287,21 +374,36 @@ impl Connection {
         let rid = frame.request_id;
         if command == Command::PushAck {
             let Ok(ack) = frame.decode::<client::PushAck>() else {
-                return Some(Close::With(error_frame(rid, ErrorCode::BadBody, "undecodable PUSH_ACK")));
+                return Some(Close::With(error_frame(
+                    rid,
+                    ErrorCode::BadBody,
+                    "undecodable PUSH_ACK",
+                )));
             };
-            self.unacked.retain(|m| m.conversation != ack.conversation || m.seq > ack.seq);
+            self.unacked
+                .retain(|m| m.conversation != ack.conversation || m.seq > ack.seq);
             if self.unacked.is_empty() {
                 self.resend_at = None;
             }
         }
-        let call = ClientCall { device: self.device.clone(), command: command as u32, body: frame.body.to_vec() };
+        let call = ClientCall {
+            device: self.device.clone(),
+            command: command as u32,
+            body: frame.body.to_vec(),
+        };
         let reply = match tokio::time::timeout(LOGIC_TIMEOUT, self.gateway.logic.call(Request::new(call))).await {
             Ok(Ok(reply)) => reply.into_inner(),
             Ok(Err(status)) => {
                 tracing::warn!(error = %status, "logic call failed");
-                return self.write(&[error_frame(rid, ErrorCode::Unavailable, "service unavailable, retry")]).await;
+                return self
+                    .write(&[error_frame(rid, ErrorCode::Unavailable, "service unavailable, retry")])
+                    .await;
             }
-            Err(_) => return self.write(&[error_frame(rid, ErrorCode::Unavailable, "service timed out, retry")]).await,
+            Err(_) => {
+                return self
+                    .write(&[error_frame(rid, ErrorCode::Unavailable, "service timed out, retry")])
+                    .await;
+            }
         };
         if let Some(error) = reply.error {
             let frame = Frame::error(rid, &error);
@@ -315,12 +417,38 @@ impl Connection {
             Command::PushAck => None,
             Command::Logout => {
                 self.device = None;
-                Some(Close::With(Frame { body: reply.body.into(), ..Frame::response(Command::Logout, rid, &client::LogoutResponse {}) }))
+                Some(Close::With(Frame {
+                    body: reply.body.into(),
+                    ..Frame::response(Command::Logout, rid, &client::LogoutResponse {})
+                }))
             }
             _ => {
-                let response = Frame { body: reply.body.into(), ..Frame::response(command, rid, &client::Ping {}) };
+                let response = Frame {
+                    body: reply.body.into(),
+                    ..Frame::response(command, rid, &client::Ping {})
+                };
                 self.write(&[response]).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_answers_then_closes_a_flood() {
+        let mut rate = RateLimit::new(10, 5);
+        for _ in 0..5 {
+            assert_eq!(rate.check(), Rate::Allow);
+        }
+        for _ in 0..4 {
+            assert_eq!(rate.check(), Rate::Limited);
+        }
+        assert_eq!(rate.check(), Rate::Flood);
+        // Time refills the bucket.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(rate.check(), Rate::Allow);
     }
 }

@@ -42,7 +42,11 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway forwarding to `logic`.
     pub fn new(config: GatewayConfig, logic: Arc<dyn Logic>) -> Arc<Gateway> {
-        Arc::new(Gateway { config, logic, registry: Registry::default() })
+        Arc::new(Gateway {
+            config,
+            logic,
+            registry: Registry::default(),
+        })
     }
 
     /// Number of live connections (authenticated or not).

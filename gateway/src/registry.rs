@@ -79,7 +79,9 @@ impl Registry {
 
     /// Queues `item` for connection `id` without waiting.
     pub fn deliver(&self, id: u64, item: Outbound) -> Queued {
-        let Some(handle) = self.lock().get(&id).cloned() else { return Queued::Missing };
+        let Some(handle) = self.lock().get(&id).cloned() else {
+            return Queued::Missing;
+        };
         match handle.tx.try_send(item) {
             Ok(()) => Queued::Ok,
             Err(mpsc::error::TrySendError::Full(_)) => {

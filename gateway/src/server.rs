@@ -80,7 +80,9 @@ pub async fn drain(gateway: &Gateway) {
     for chunk in ids.chunks(per_tick) {
         tick.tick().await;
         for id in chunk {
-            gateway.registry.deliver(*id, Outbound::Reconnect("gateway shutting down".into()));
+            gateway
+                .registry
+                .deliver(*id, Outbound::Reconnect("gateway shutting down".into()));
         }
         if tokio::time::Instant::now() >= deadline {
             break;
@@ -125,7 +127,10 @@ async fn start(gateway: Arc<Gateway>, stream: TcpStream, websocket: bool) {
         ws_config.max_frame_size = Some(max_body + fastim_proto::frame::HEADER_LEN);
         let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config));
         match tokio::time::timeout(gateway.config.auth_timeout, handshake).await {
-            Ok(Ok(ws)) => Transport::WebSocket { ws: Box::new(ws), max_body },
+            Ok(Ok(ws)) => Transport::WebSocket {
+                ws: Box::new(ws),
+                max_body,
+            },
             _ => return,
         }
     } else {
@@ -133,7 +138,9 @@ async fn start(gateway: Arc<Gateway>, stream: TcpStream, websocket: bool) {
     };
     if gateway.registry.len() >= gateway.config.max_connections {
         let error = client::Error::new(ErrorCode::Unavailable, "gateway full: try another one");
-        let _ = transport.write_frames(&[Frame::error(0, &error)], Duration::from_secs(1)).await;
+        let _ = transport
+            .write_frames(&[Frame::error(0, &error)], Duration::from_secs(1))
+            .await;
         transport.close().await;
         return;
     }

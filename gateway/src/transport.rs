@@ -42,7 +42,11 @@ pub enum Transport {
 impl Transport {
     /// A TCP transport.
     pub fn tcp(stream: TcpStream, max_body: usize) -> Transport {
-        Transport::Tcp { stream, buf: BytesMut::new(), codec: FrameCodec::new(max_body) }
+        Transport::Tcp {
+            stream,
+            buf: BytesMut::new(),
+            codec: FrameCodec::new(max_body),
+        }
     }
 
     /// Reads the next frame; `Ok(None)` on a clean close. Cancel-safe.
@@ -98,7 +102,9 @@ impl Transport {
                 }
                 Transport::WebSocket { ws, .. } => {
                     for frame in frames {
-                        ws.feed(WsMessage::Binary(frame.to_bytes())).await.map_err(std::io::Error::other)?;
+                        ws.feed(WsMessage::Binary(frame.to_bytes()))
+                            .await
+                            .map_err(std::io::Error::other)?;
                     }
                     ws.flush().await.map_err(std::io::Error::other)?;
                 }
@@ -107,7 +113,10 @@ impl Transport {
         };
         match tokio::time::timeout(timeout, write).await {
             Ok(result) => result,
-            Err(_) => Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))),
+            Err(_) => Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            ))),
         }
     }
 

@@ -75,7 +75,12 @@ impl<C: Clock> Snowflake<C> {
         if worker > MAX_WORKER {
             return Err(IdError::WorkerOutOfRange(worker));
         }
-        Ok(Snowflake { worker: worker as u64, clock, max_backwards, state: Mutex::new((0, 0)) })
+        Ok(Snowflake {
+            worker: worker as u64,
+            clock,
+            max_backwards,
+            state: Mutex::new((0, 0)),
+        })
     }
 
     /// Never issue an id at or before `ms` (e.g. the newest timestamp persisted
@@ -129,8 +134,8 @@ impl<C: Clock> Snowflake<C> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     struct FakeClock(Arc<AtomicU64>);
     impl Clock for FakeClock {
@@ -170,11 +175,15 @@ mod tests {
 
     #[test]
     fn not_before_skips_past_a_persisted_timestamp() {
-        let t = Arc::new(AtomicU64::new(EPOCH_MS + 10));
-        let g = Snowflake::with_clock(0, FakeClock(t), Duration::from_millis(5)).unwrap();
+        let t = Arc::new(AtomicU64::new(EPOCH_MS + 5000));
+        let g = Snowflake::with_clock(0, FakeClock(t.clone()), Duration::from_millis(5)).unwrap();
         g.not_before(EPOCH_MS + 5000);
         let id = g.next_id().unwrap();
         assert!(Snowflake::<FakeClock>::timestamp_ms(id) > EPOCH_MS + 5000);
+        // A clock far behind what was issued before a restart is refused.
+        let late = Snowflake::with_clock(0, FakeClock(t.clone()), Duration::from_millis(5)).unwrap();
+        late.not_before(EPOCH_MS + 9000);
+        assert_eq!(late.next_id(), Err(IdError::ClockBackwards(4000)));
     }
 
     #[test]

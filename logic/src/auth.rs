@@ -21,12 +21,16 @@ pub struct HashCost {
 impl Default for HashCost {
     /// OWASP's minimum for argon2id: 19 MiB, 2 iterations.
     fn default() -> Self {
-        HashCost { memory_kib: 19 * 1024, iterations: 2 }
+        HashCost {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+        }
     }
 }
 
 fn argon2(cost: HashCost) -> Result<Argon2<'static>, String> {
-    let params = Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+    let params =
+        Params::new(cost.memory_kib, cost.iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -71,7 +75,10 @@ mod tests {
 
     #[test]
     fn password_round_trip() {
-        let cost = HashCost { memory_kib: 1024, iterations: 1 };
+        let cost = HashCost {
+            memory_kib: 1024,
+            iterations: 1,
+        };
         let phc = hash_password("correct horse", cost).unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(verify_password("correct horse", &phc));

@@ -23,7 +23,10 @@ pub struct CursorBuffer {
 impl CursorBuffer {
     /// A buffer flushing into `store`.
     pub fn new(store: Arc<dyn Store>) -> Arc<CursorBuffer> {
-        Arc::new(CursorBuffer { pending: Mutex::new(HashMap::new()), store })
+        Arc::new(CursorBuffer {
+            pending: Mutex::new(HashMap::new()),
+            store,
+        })
     }
 
     /// Starts the periodic flush; it ends when the buffer is dropped.
@@ -45,7 +48,9 @@ impl CursorBuffer {
     /// Records that a device holds `conversation` up to `seq`.
     pub fn advance(&self, user: u64, device_id: &str, conversation: &str, seq: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = pending.entry((user, device_id.to_owned(), conversation.to_owned())).or_insert(0);
+        let slot = pending
+            .entry((user, device_id.to_owned(), conversation.to_owned()))
+            .or_insert(0);
         *slot = (*slot).max(seq);
     }
 
@@ -68,7 +73,12 @@ impl CursorBuffer {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending
                 .drain()
-                .map(|((user, device_id, conversation), seq)| CursorUpdate { user, device_id, conversation, seq })
+                .map(|((user, device_id, conversation), seq)| CursorUpdate {
+                    user,
+                    device_id,
+                    conversation,
+                    seq,
+                })
                 .collect()
         };
         if batch.is_empty() {

@@ -32,6 +32,8 @@ impl LocalGateways {
 
 impl GatewayDirectory for LocalGateways {
     fn gateway(&self, id: &str) -> Option<Arc<dyn Gateway>> {
-        (self.id.get().map(String::as_str) == Some(id)).then(|| self.gateway.get().cloned()).flatten()
+        (self.id.get().map(String::as_str) == Some(id))
+            .then(|| self.gateway.get().cloned())
+            .flatten()
     }
 }

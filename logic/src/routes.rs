@@ -30,7 +30,9 @@ impl std::str::FromStr for KickPolicy {
             "same-kind" => Ok(KickPolicy::SameKind),
             "single-device" => Ok(KickPolicy::SingleDevice),
             "never" => Ok(KickPolicy::Never),
-            other => Err(format!("unknown kick policy {other:?} (expected same-kind, single-device or never)")),
+            other => Err(format!(
+                "unknown kick policy {other:?} (expected same-kind, single-device or never)"
+            )),
         }
     }
 }
@@ -100,14 +102,32 @@ mod tests {
     use super::*;
 
     fn device(user: u64, kind: i32, conn: u64) -> Device {
-        Device { user_id: user, kind, conn_id: conn, gateway_id: "g1".into(), ..Default::default() }
+        Device {
+            user_id: user,
+            kind,
+            conn_id: conn,
+            gateway_id: "g1".into(),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
     async fn same_kind_replaces_only_that_kind() {
         let routes = MemoryRoutes::default();
-        assert!(routes.bind(&device(1, 1, 10), KickPolicy::SameKind).await.unwrap().is_empty());
-        assert!(routes.bind(&device(1, 2, 11), KickPolicy::SameKind).await.unwrap().is_empty());
+        assert!(
+            routes
+                .bind(&device(1, 1, 10), KickPolicy::SameKind)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            routes
+                .bind(&device(1, 2, 11), KickPolicy::SameKind)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let replaced = routes.bind(&device(1, 1, 12), KickPolicy::SameKind).await.unwrap();
         assert_eq!(replaced, vec![device(1, 1, 10)]);
         // The kicked connection's late unbind must not remove the new route.
@@ -121,8 +141,21 @@ mod tests {
     async fn policies() {
         let routes = MemoryRoutes::default();
         routes.bind(&device(1, 1, 1), KickPolicy::Never).await.unwrap();
-        assert!(routes.bind(&device(1, 1, 2), KickPolicy::Never).await.unwrap().is_empty());
-        assert_eq!(routes.bind(&device(1, 3, 3), KickPolicy::SingleDevice).await.unwrap().len(), 2);
+        assert!(
+            routes
+                .bind(&device(1, 1, 2), KickPolicy::Never)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            routes
+                .bind(&device(1, 3, 3), KickPolicy::SingleDevice)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!("never".parse::<KickPolicy>().unwrap(), KickPolicy::Never);
         assert!("bogus".parse::<KickPolicy>().is_err());
     }

@@ -47,7 +47,10 @@ fn store_err(e: StoreError) -> client::Error {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn decode<M: prost::Message + Default>(body: &[u8]) -> Reply<M> {
@@ -56,11 +59,16 @@ fn decode<M: prost::Message + Default>(body: &[u8]) -> Reply<M> {
 
 fn valid_user_name(name: &str) -> Reply<()> {
     let ok = (1..=64).contains(&name.len())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(err(ErrorCode::InvalidArgument, "user name: 1 to 64 characters of a-z, A-Z, 0-9, '_', '-', '.'"))
+        Err(err(
+            ErrorCode::InvalidArgument,
+            "user name: 1 to 64 characters of a-z, A-Z, 0-9, '_', '-', '.'",
+        ))
     }
 }
 
@@ -90,7 +98,14 @@ impl LogicService {
     ) -> Arc<LogicService> {
         let cursors = CursorBuffer::new(store.clone());
         cursors.spawn_flusher(config.cursor_flush_interval);
-        Arc::new(LogicService { config, store, ids, routes, gateways, cursors })
+        Arc::new(LogicService {
+            config,
+            store,
+            ids,
+            routes,
+            gateways,
+            cursors,
+        })
     }
 
     /// Writes buffered state; call on shutdown.
@@ -104,9 +119,16 @@ impl LogicService {
         let login = req.login.unwrap_or_default();
         let kind = client::DeviceKind::try_from(login.device_kind).unwrap_or(client::DeviceKind::Unspecified);
         if kind == client::DeviceKind::Unspecified {
-            return Err(err(ErrorCode::InvalidArgument, "device_kind: required (mobile, desktop, web or bot)"));
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "device_kind: required (mobile, desktop, web or bot)",
+            ));
         }
-        let device_id = if login.device_id.is_empty() { kind.as_str_name().to_owned() } else { login.device_id };
+        let device_id = if login.device_id.is_empty() {
+            kind.as_str_name().to_owned()
+        } else {
+            login.device_id
+        };
         if device_id.len() > 128 {
             return Err(err(ErrorCode::InvalidArgument, "device_id: at most 128 bytes"));
         }
@@ -116,15 +138,28 @@ impl LogicService {
             let session = self.store.session(&hash).await.map_err(store_err)?;
             let session = session.ok_or_else(|| err(ErrorCode::AuthFailed, "session token is unknown or revoked"))?;
             if session.expires_ms <= now_ms() {
-                return Err(err(ErrorCode::AuthFailed, "session token expired: log in with the password"));
+                return Err(err(
+                    ErrorCode::AuthFailed,
+                    "session token expired: log in with the password",
+                ));
             }
-            let user = self.store.user_by_id(session.user_id).await.map_err(store_err)?.ok_or_else(bad_credentials)?;
+            let user = self
+                .store
+                .user_by_id(session.user_id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(bad_credentials)?;
             if !login.user.is_empty() && login.user != user.name {
                 return Err(err(ErrorCode::AuthFailed, "session token belongs to another user"));
             }
             (user, login.token, session.expires_ms, hash)
         } else {
-            let user = self.store.user_by_name(&login.user).await.map_err(store_err)?.ok_or_else(bad_credentials)?;
+            let user = self
+                .store
+                .user_by_name(&login.user)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(bad_credentials)?;
             let (phc, password) = (user.password_hash.clone(), login.password);
             let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
                 .await
@@ -135,7 +170,11 @@ impl LogicService {
             let token = auth::new_token();
             let hash = auth::token_hash(&token);
             let expires_ms = now_ms() + self.config.session_ttl.as_millis() as u64;
-            let record = SessionRecord { user_id: user.id, device_id: device_id.clone(), expires_ms };
+            let record = SessionRecord {
+                user_id: user.id,
+                device_id: device_id.clone(),
+                expires_ms,
+            };
             self.store.create_session(&hash, record).await.map_err(store_err)?;
             (user, token, expires_ms, hash)
         };
@@ -151,7 +190,8 @@ impl LogicService {
         match self.routes.bind(&device, self.config.kick_policy).await {
             Ok(replaced) => {
                 for old in replaced {
-                    self.kick(&old, format!("logged in again on another {} device", kind_name(kind))).await;
+                    self.kick(&old, format!("logged in again on another {} device", kind_name(kind)))
+                        .await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, user = %user.name, "route not recorded; the device relies on sync"),
@@ -169,8 +209,13 @@ impl LogicService {
     }
 
     async fn kick(&self, device: &Device, reason: String) {
-        let Some(gateway) = self.gateways.gateway(&device.gateway_id) else { return };
-        let request = KickRequest { conn_id: device.conn_id, reason };
+        let Some(gateway) = self.gateways.gateway(&device.gateway_id) else {
+            return;
+        };
+        let request = KickRequest {
+            conn_id: device.conn_id,
+            reason,
+        };
         if let Err(e) = gateway.kick(Request::new(request)).await {
             tracing::warn!(gateway = %device.gateway_id, error = %e, "kick failed");
         }
@@ -198,7 +243,12 @@ impl LogicService {
             Command::GroupRemoveMembers => self.group_remove(&me, decode(body)?).await?.encode_to_vec(),
             Command::GroupList => self.group_list(&me).await?.encode_to_vec(),
             Command::GroupMembers => self.group_members(&me, decode(body)?).await?.encode_to_vec(),
-            other => return Err(err(ErrorCode::UnknownCommand, format!("{other:?} is not a request the server serves"))),
+            other => {
+                return Err(err(
+                    ErrorCode::UnknownCommand,
+                    format!("{other:?} is not a request the server serves"),
+                ));
+            }
         };
         Ok(reply)
     }
@@ -214,7 +264,11 @@ impl LogicService {
             .await
             .map_err(|_| err(ErrorCode::Internal, "hashing failed"))?
             .map_err(|e| err(ErrorCode::Internal, e))?;
-        let user = self.store.create_user(&req.user, &phc, now_ms()).await.map_err(store_err)?;
+        let user = self
+            .store
+            .create_user(&req.user, &phc, now_ms())
+            .await
+            .map_err(store_err)?;
         tracing::info!(user = %user.name, id = user.id, "registered");
         Ok(client::RegisterResponse { user_id: user.id })
     }
@@ -237,19 +291,37 @@ impl LogicService {
 
     /// Checks that `me` may read and write `conversation`.
     async fn authorize(&self, me: &Device, conversation: &str) -> Reply<()> {
-        let parsed = conversation::parse(conversation)
-            .ok_or_else(|| err(ErrorCode::InvalidArgument, format!("malformed conversation id {conversation:?}")))?;
+        let parsed = conversation::parse(conversation).ok_or_else(|| {
+            err(
+                ErrorCode::InvalidArgument,
+                format!("malformed conversation id {conversation:?}"),
+            )
+        })?;
         let member = match parsed {
             Parsed::Direct(a, b) if a != me.user_id && b != me.user_id => false,
-            _ => self.store.is_member(conversation, me.user_id).await.map_err(store_err)?,
+            _ => self
+                .store
+                .is_member(conversation, me.user_id)
+                .await
+                .map_err(store_err)?,
         };
-        if member { Ok(()) } else { Err(err(ErrorCode::Forbidden, format!("you are not a member of {conversation}"))) }
+        if member {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorCode::Forbidden,
+                format!("you are not a member of {conversation}"),
+            ))
+        }
     }
 
     async fn send(&self, me: &Device, req: client::SendRequest) -> Reply<client::SendResponse> {
         use client::send_request::Target;
         if req.text.is_empty() || req.text.len() > self.config.max_text_bytes {
-            return Err(err(ErrorCode::InvalidArgument, format!("text: 1 to {} bytes", self.config.max_text_bytes)));
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("text: 1 to {} bytes", self.config.max_text_bytes),
+            ));
         }
         if req.client_msg_id.len() > 128 {
             return Err(err(ErrorCode::InvalidArgument, "client_msg_id: at most 128 bytes"));
@@ -258,7 +330,10 @@ impl LogicService {
             Some(Target::ToUser(name)) => {
                 let peer = self.user_named(&name).await?;
                 let conversation = conversation::direct(me.user_id, peer.id);
-                self.store.ensure_direct(&conversation, me.user_id, peer.id).await.map_err(store_err)?;
+                self.store
+                    .ensure_direct(&conversation, me.user_id, peer.id)
+                    .await
+                    .map_err(store_err)?;
                 (conversation, 0)
             }
             Some(Target::GroupId(id)) => {
@@ -277,9 +352,17 @@ impl LogicService {
                 };
                 (conversation, group_id)
             }
-            None => return Err(err(ErrorCode::InvalidArgument, "target: to_user, group_id or conversation required")),
+            None => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "target: to_user, group_id or conversation required",
+                ));
+            }
         };
-        let id = self.ids.next_id().map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
+        let id = self
+            .ids
+            .next_id()
+            .map_err(|e| err(ErrorCode::Unavailable, e.to_string()))?;
         let message = client::Message {
             conversation,
             seq: 0,
@@ -311,12 +394,17 @@ impl LogicService {
     }
 
     fn clone_handles(&self) -> FanOut {
-        FanOut { store: self.store.clone(), routes: self.routes.clone(), gateways: self.gateways.clone() }
+        FanOut {
+            store: self.store.clone(),
+            routes: self.routes.clone(),
+            gateways: self.gateways.clone(),
+        }
     }
 
     async fn push_ack(&self, me: &Device, ack: client::PushAck) -> Reply<()> {
         self.authorize(me, &ack.conversation).await?;
-        self.cursors.advance(me.user_id, &me.device_id, &ack.conversation, ack.seq);
+        self.cursors
+            .advance(me.user_id, &me.device_id, &ack.conversation, ack.seq);
         Ok(())
     }
 
@@ -326,7 +414,11 @@ impl LogicService {
             n => n.min(self.config.max_page),
         };
         let explicit: BTreeMap<String, u64> = req.cursors.into_iter().map(|c| (c.conversation, c.seq)).collect();
-        let stored = self.cursors.cursors(me.user_id, &me.device_id).await.map_err(store_err)?;
+        let stored = self
+            .cursors
+            .cursors(me.user_id, &me.device_id)
+            .await
+            .map_err(store_err)?;
         let mut conversations = self.store.user_conversations(me.user_id).await.map_err(store_err)?;
         conversations.sort_by(|a, b| a.conversation.cmp(&b.conversation));
         let mut response = client::SyncResponse::default();
@@ -343,12 +435,19 @@ impl LogicService {
                 if room == 0 {
                     response.more = true;
                 } else {
-                    let page = self.store.messages_after(&c.conversation, from, room).await.map_err(store_err)?;
+                    let page = self
+                        .store
+                        .messages_after(&c.conversation, from, room)
+                        .await
+                        .map_err(store_err)?;
                     response.more |= page.len() < missing;
                     response.messages.extend(page);
                 }
             }
-            response.cursors.push(client::Cursor { conversation: c.conversation, seq: from });
+            response.cursors.push(client::Cursor {
+                conversation: c.conversation,
+                seq: from,
+            });
         }
         Ok(response)
     }
@@ -359,13 +458,20 @@ impl LogicService {
             0 => 50,
             n => n.min(self.config.max_page),
         };
-        let messages = self.store.messages_before(&req.conversation, req.before_seq, limit).await.map_err(store_err)?;
+        let messages = self
+            .store
+            .messages_before(&req.conversation, req.before_seq, limit)
+            .await
+            .map_err(store_err)?;
         Ok(client::HistoryResponse { messages })
     }
 
     async fn mark_read(&self, me: &Device, req: client::MarkReadRequest) -> Reply<client::MarkReadResponse> {
         self.authorize(me, &req.conversation).await?;
-        self.store.mark_read(me.user_id, &req.conversation, req.seq).await.map_err(store_err)?;
+        self.store
+            .mark_read(me.user_id, &req.conversation, req.seq)
+            .await
+            .map_err(store_err)?;
         Ok(client::MarkReadResponse {})
     }
 
@@ -374,12 +480,26 @@ impl LogicService {
         let mut out = Vec::with_capacity(states.len());
         for s in states {
             let (group_id, title) = match conversation::parse(&s.conversation) {
-                Some(Parsed::Group(id)) => {
-                    (id, self.store.group(id).await.map_err(store_err)?.map(|g| g.name).unwrap_or_default())
-                }
+                Some(Parsed::Group(id)) => (
+                    id,
+                    self.store
+                        .group(id)
+                        .await
+                        .map_err(store_err)?
+                        .map(|g| g.name)
+                        .unwrap_or_default(),
+                ),
                 Some(Parsed::Direct(a, b)) => {
                     let peer = if a == me.user_id { b } else { a };
-                    (0, self.store.user_by_id(peer).await.map_err(store_err)?.map(|u| u.name).unwrap_or_default())
+                    (
+                        0,
+                        self.store
+                            .user_by_id(peer)
+                            .await
+                            .map_err(store_err)?
+                            .map(|u| u.name)
+                            .unwrap_or_default(),
+                    )
                 }
                 None => (0, String::new()),
             };
@@ -418,11 +538,20 @@ impl LogicService {
             members.push(me.user_id);
         }
         if members.len() > self.config.max_group_members {
-            return Err(err(ErrorCode::InvalidArgument, format!("members: at most {}", self.config.max_group_members)));
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("members: at most {}", self.config.max_group_members),
+            ));
         }
-        let group = self.store.create_group(name, me.user_id, &members).await.map_err(store_err)?;
+        let group = self
+            .store
+            .create_group(name, me.user_id, &members)
+            .await
+            .map_err(store_err)?;
         tracing::info!(group = group.id, members = members.len(), "group created");
-        Ok(client::GroupCreateResponse { group: Some(group_body(&group)) })
+        Ok(client::GroupCreateResponse {
+            group: Some(group_body(&group)),
+        })
     }
 
     async fn member_group(&self, me: &Device, id: u64) -> Reply<crate::store::GroupRecord> {
@@ -432,14 +561,21 @@ impl LogicService {
         Ok(group)
     }
 
-    async fn group_add(&self, me: &Device, req: client::GroupMembersChange) -> Reply<client::GroupMembersChangeResponse> {
+    async fn group_add(
+        &self,
+        me: &Device,
+        req: client::GroupMembersChange,
+    ) -> Reply<client::GroupMembersChangeResponse> {
         let group = self.member_group(me, req.group_id).await?;
         let users = self.resolve_names(&req.members).await?;
         let conversation = conversation::group(group.id);
         let current = self.store.members(&conversation).await.map_err(store_err)?;
         let new = users.iter().filter(|u| !current.contains(u)).count();
         if current.len() + new > self.config.max_group_members {
-            return Err(err(ErrorCode::InvalidArgument, format!("members: at most {}", self.config.max_group_members)));
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("members: at most {}", self.config.max_group_members),
+            ));
         }
         self.store.add_members(&conversation, &users).await.map_err(store_err)?;
         Ok(client::GroupMembersChangeResponse {})
@@ -454,12 +590,18 @@ impl LogicService {
         let users = self.resolve_names(&req.members).await?;
         let leaving_only = users.iter().all(|u| *u == me.user_id);
         if group.owner_id != me.user_id && !leaving_only {
-            return Err(err(ErrorCode::Forbidden, "only the group owner may remove other members"));
+            return Err(err(
+                ErrorCode::Forbidden,
+                "only the group owner may remove other members",
+            ));
         }
         if group.owner_id == me.user_id && users.contains(&me.user_id) {
             return Err(err(ErrorCode::InvalidArgument, "the owner cannot leave the group"));
         }
-        self.store.remove_members(&conversation::group(group.id), &users).await.map_err(store_err)?;
+        self.store
+            .remove_members(&conversation::group(group.id), &users)
+            .await
+            .map_err(store_err)?;
         Ok(client::GroupMembersChangeResponse {})
     }
 
@@ -475,10 +617,19 @@ impl LogicService {
         Ok(client::GroupListResponse { groups })
     }
 
-    async fn group_members(&self, me: &Device, req: client::GroupMembersRequest) -> Reply<client::GroupMembersResponse> {
+    async fn group_members(
+        &self,
+        me: &Device,
+        req: client::GroupMembersRequest,
+    ) -> Reply<client::GroupMembersResponse> {
         let group = self.member_group(me, req.group_id).await?;
         let mut members = Vec::new();
-        for id in self.store.members(&conversation::group(group.id)).await.map_err(store_err)? {
+        for id in self
+            .store
+            .members(&conversation::group(group.id))
+            .await
+            .map_err(store_err)?
+        {
             if let Some(user) = self.store.user_by_id(id).await.map_err(store_err)? {
                 members.push(user.name);
             }
@@ -489,7 +640,12 @@ impl LogicService {
 }
 
 fn group_body(g: &crate::store::GroupRecord) -> client::Group {
-    client::Group { id: g.id, name: g.name.clone(), owner_id: g.owner_id, conversation: conversation::group(g.id) }
+    client::Group {
+        id: g.id,
+        name: g.name.clone(),
+        owner_id: g.owner_id,
+        conversation: conversation::group(g.id),
+    }
 }
 
 fn kind_name(kind: client::DeviceKind) -> &'static str {
@@ -533,8 +689,13 @@ impl FanOut {
         }
         let messages = vec![message];
         for (gateway_id, conn_ids) in by_gateway {
-            let Some(gateway) = self.gateways.gateway(&gateway_id) else { continue };
-            let batch = PushBatch { messages: messages.clone(), conn_ids };
+            let Some(gateway) = self.gateways.gateway(&gateway_id) else {
+                continue;
+            };
+            let batch = PushBatch {
+                messages: messages.clone(),
+                conn_ids,
+            };
             if let Err(e) = gateway.push(Request::new(batch)).await {
                 tracing::warn!(gateway = %gateway_id, error = %e, "push failed; devices will sync");
             }
@@ -546,8 +707,16 @@ impl FanOut {
 impl internal::logic_server::Logic for LogicService {
     async fn authenticate(&self, request: Request<AuthRequest>) -> Result<Response<AuthReply>, Status> {
         let reply = match self.login(request.into_inner()).await {
-            Ok((response, device)) => AuthReply { response: Some(response), device: Some(device), error: None },
-            Err(e) => AuthReply { response: None, device: None, error: Some(e) },
+            Ok((response, device)) => AuthReply {
+                response: Some(response),
+                device: Some(device),
+                error: None,
+            },
+            Err(e) => AuthReply {
+                response: None,
+                device: None,
+                error: Some(e),
+            },
         };
         Ok(Response::new(reply))
     }
@@ -556,11 +725,17 @@ impl internal::logic_server::Logic for LogicService {
         let call = request.into_inner();
         let reply = match u8::try_from(call.command).ok().and_then(Command::from_u8) {
             Some(command) => self.dispatch(call.device, command, &call.body).await,
-            None => Err(err(ErrorCode::UnknownCommand, format!("unknown command {}", call.command))),
+            None => Err(err(
+                ErrorCode::UnknownCommand,
+                format!("unknown command {}", call.command),
+            )),
         };
         Ok(Response::new(match reply {
             Ok(body) => ClientReply { body, error: None },
-            Err(error) => ClientReply { body: Vec::new(), error: Some(error) },
+            Err(error) => ClientReply {
+                body: Vec::new(),
+                error: Some(error),
+            },
         }))
     }
 

@@ -186,7 +186,10 @@ impl Decoder for FrameCodec {
         }
         let len = u32::from_be_bytes([src[9], src[10], src[11], src[12]]) as usize;
         if len > self.max_body {
-            return Err(FrameError::Oversized { len, max: self.max_body });
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_body,
+            });
         }
         if src.len() < HEADER_LEN + len {
             src.reserve(HEADER_LEN + len - src.len());
@@ -198,7 +201,13 @@ impl Decoder for FrameCodec {
         let request_id = u32::from_be_bytes([src[5], src[6], src[7], src[8]]);
         src.advance(HEADER_LEN);
         let body = src.split_to(len).freeze();
-        Ok(Some(Frame { version, command, flags, request_id, body }))
+        Ok(Some(Frame {
+            version,
+            command,
+            flags,
+            request_id,
+            body,
+        }))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -258,16 +267,25 @@ mod tests {
     #[test]
     fn rejects_bad_magic_immediately() {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert!(matches!(FrameCodec::default().decode(&mut buf), Err(FrameError::BadMagic(b'G', b'E'))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut buf),
+            Err(FrameError::BadMagic(b'G', b'E'))
+        ));
         let mut one = BytesMut::from(&[0xFAu8, 0x00][..]);
-        assert!(matches!(FrameCodec::default().decode(&mut one), Err(FrameError::BadMagic(..))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut one),
+            Err(FrameError::BadMagic(..))
+        ));
     }
 
     #[test]
     fn rejects_other_versions() {
         let mut bytes = BytesMut::from(&ping().to_bytes()[..]);
         bytes[2] = 9;
-        assert!(matches!(FrameCodec::default().decode(&mut bytes), Err(FrameError::UnsupportedVersion(9))));
+        assert!(matches!(
+            FrameCodec::default().decode(&mut bytes),
+            Err(FrameError::UnsupportedVersion(9))
+        ));
     }
 
     #[test]
@@ -300,7 +318,13 @@ mod tests {
         assert_eq!(Frame::from_message(&bytes, 1024).unwrap(), ping());
         let mut two = bytes.to_vec();
         two.extend_from_slice(&bytes);
-        assert!(matches!(Frame::from_message(&two, 1024), Err(FrameError::TrailingBytes)));
-        assert!(matches!(Frame::from_message(&bytes[..4], 1024), Err(FrameError::Truncated)));
+        assert!(matches!(
+            Frame::from_message(&two, 1024),
+            Err(FrameError::TrailingBytes)
+        ));
+        assert!(matches!(
+            Frame::from_message(&bytes[..4], 1024),
+            Err(FrameError::Truncated)
+        ));
     }
 }

@@ -49,7 +49,11 @@ impl client::Error {
     /// An error body with a code and a human-readable message.
     pub fn new(code: client::ErrorCode, message: impl Into<String>) -> Self {
         let retriable = matches!(code, client::ErrorCode::Unavailable);
-        client::Error { code: code as i32, message: message.into(), retriable }
+        client::Error {
+            code: code as i32,
+            message: message.into(),
+            retriable,
+        }
     }
 }
 

@@ -182,7 +182,9 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
         }
         let commit_error = if failed {
             let _ = txn.abort();
-            Some(StoreError::Unavailable("a storage error aborted the transaction".into()))
+            Some(StoreError::Unavailable(
+                "a storage error aborted the transaction".into(),
+            ))
         } else {
             txn.commit().err().map(StoreError::from)
         };
@@ -206,8 +208,14 @@ impl Store for EmbeddedStore {
             }
             drop(users);
             let id = next_counter(txn, "next_user_id")?;
-            let user = UserRecord { id, name, password_hash, created_ms: now_ms };
-            txn.open_table(USERS)?.insert(user.name.as_str(), encode_json(&user).as_slice())?;
+            let user = UserRecord {
+                id,
+                name,
+                password_hash,
+                created_ms: now_ms,
+            };
+            txn.open_table(USERS)?
+                .insert(user.name.as_str(), encode_json(&user).as_slice())?;
             txn.open_table(USER_IDS)?.insert(id, user.name.as_str())?;
             Ok(user)
         })
@@ -232,7 +240,8 @@ impl Store for EmbeddedStore {
     async fn create_session(&self, token_hash: &str, session: SessionRecord) -> StoreResult<()> {
         let token_hash = token_hash.to_owned();
         self.write(move |txn| {
-            txn.open_table(SESSIONS)?.insert(token_hash.as_str(), encode_json(&session).as_slice())?;
+            txn.open_table(SESSIONS)?
+                .insert(token_hash.as_str(), encode_json(&session).as_slice())?;
             Ok(())
         })
         .await
@@ -342,8 +351,15 @@ impl Store for EmbeddedStore {
             for entry in table.range((user, "")..=(user, "~"))? {
                 let (key, read) = entry?;
                 let conversation = key.value().1.to_owned();
-                let last_seq = conversations.get(conversation.as_str())?.map(|v| v.value()).unwrap_or(0);
-                out.push(ConversationState { conversation, last_seq, read_seq: read.value() });
+                let last_seq = conversations
+                    .get(conversation.as_str())?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                out.push(ConversationState {
+                    conversation,
+                    last_seq,
+                    read_seq: read.value(),
+                });
             }
             Ok(out)
         })
@@ -361,7 +377,10 @@ impl Store for EmbeddedStore {
                 let stored = messages
                     .get((conversation, seq))?
                     .ok_or_else(|| StoreError::Unavailable("dedup entry without message".into()))?;
-                return Ok(Appended { message: decode_message(stored.value())?, duplicate: true });
+                return Ok(Appended {
+                    message: decode_message(stored.value())?,
+                    duplicate: true,
+                });
             }
             let mut conversations = txn.open_table(CONVERSATIONS)?;
             let last = conversations
@@ -370,8 +389,10 @@ impl Store for EmbeddedStore {
                 .ok_or_else(|| StoreError::NotFound(format!("conversation {}", message.conversation)))?;
             message.seq = last + 1;
             conversations.insert(message.conversation.as_str(), message.seq)?;
-            txn.open_table(MESSAGES)?
-                .insert((message.conversation.as_str(), message.seq), message.encode_to_vec().as_slice())?;
+            txn.open_table(MESSAGES)?.insert(
+                (message.conversation.as_str(), message.seq),
+                message.encode_to_vec().as_slice(),
+            )?;
             // The sender has read everything up to its own message.
             let mut read = txn.open_table(USER_CONVERSATIONS)?;
             let read_key = (message.sender_id, message.conversation.as_str());
@@ -385,7 +406,10 @@ impl Store for EmbeddedStore {
                     (message.conversation.as_str(), message.seq),
                 )?;
             }
-            Ok(Appended { message, duplicate: false })
+            Ok(Appended {
+                message,
+                duplicate: false,
+            })
         })
         .await
     }
@@ -394,7 +418,10 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let table = txn.open_table(MESSAGES)?;
             let mut out = Vec::new();
-            for entry in table.range((conversation, after.saturating_add(1))..=(conversation, u64::MAX))?.take(limit) {
+            for entry in table
+                .range((conversation, after.saturating_add(1))..=(conversation, u64::MAX))?
+                .take(limit)
+            {
                 out.push(decode_message(entry?.1.value())?);
             }
             Ok(out)
@@ -406,7 +433,11 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let table = txn.open_table(MESSAGES)?;
             let mut out = Vec::new();
-            for entry in table.range((conversation, 0)..(conversation, before))?.rev().take(limit) {
+            for entry in table
+                .range((conversation, 0)..(conversation, before))?
+                .rev()
+                .take(limit)
+            {
                 out.push(decode_message(entry?.1.value())?);
             }
             Ok(out)
