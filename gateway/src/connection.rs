@@ -170,6 +170,9 @@ impl Connection {
                             tracing::debug!(conn = self.id, error = %e, "connection failed");
                             return Close::Gone;
                         }
+                        Err(e @ FrameError::UnsupportedVersion(_)) => {
+                            return Close::With(error_frame(0, ErrorCode::UnsupportedVersion, e.to_string()));
+                        }
                         Err(e) => return Close::With(error_frame(0, ErrorCode::BadFrame, e.to_string())),
                     }
                 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use fastim_proto::{Frame, FrameCodec, FrameError};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -120,11 +120,25 @@ impl Transport {
         }
     }
 
-    /// Closes the write side (best effort).
+    /// Closes the connection (best effort). TCP closes "lingering": the write side is
+    /// shut first and input is read and discarded for a moment, because closing a
+    /// socket with unread input sends a reset that can destroy the error frame the
+    /// client has not read yet.
     pub async fn close(&mut self) {
         match self {
             Transport::Tcp { stream, .. } => {
                 let _ = stream.shutdown().await;
+                let linger = async {
+                    let mut scratch = [0u8; 1024];
+                    let mut discarded = 0;
+                    while discarded < 256 * 1024 {
+                        match stream.read(&mut scratch).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => discarded += n,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(500), linger).await;
             }
             Transport::WebSocket { ws, .. } => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(ws.as_mut())).await;

@@ -7,6 +7,7 @@
 //! `(sender, client_msg_id)` returns the original message, and the call returns only
 //! after the transaction is durable.
 
+pub mod conformance;
 pub mod embedded;
 
 use std::collections::HashMap;
