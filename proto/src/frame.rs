@@ -353,7 +353,7 @@ mod random_input {
             let len = (rng.next() % 64) as usize;
             let mut data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             // Half the inputs start with a valid header prefix so decoding goes deep.
-            if rng.next() % 2 == 0 && data.len() >= 13 {
+            if rng.next().is_multiple_of(2) && data.len() >= 13 {
                 data[..3].copy_from_slice(&[MAGIC[0], MAGIC[1], crate::PROTOCOL_VERSION]);
                 data[9..13].copy_from_slice(&((rng.next() % 60) as u32).to_be_bytes());
             }

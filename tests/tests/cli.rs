@@ -80,7 +80,7 @@ fn register_send_group_recv_and_errors() {
     );
 
     // Live messages while recv runs.
-    let mut recv = Command::new(fastim_bin())
+    let recv = Command::new(fastim_bin())
         .args([
             "recv",
             "--server",
