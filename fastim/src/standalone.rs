@@ -60,6 +60,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<i32> {
     let store = EmbeddedStore::open(&args.data_dir)
         .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
     let ids = Arc::new(Snowflake::new(0)?);
+    let newest = store.max_message_id()?;
+    if newest != 0 {
+        ids.not_before(Snowflake::<fastim_idgen::SystemClock>::timestamp_ms(newest));
+    }
     let gateways = Arc::new(LocalGateways::default());
     let logic = LogicService::new(
         logic_config,

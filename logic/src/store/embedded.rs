@@ -146,6 +146,13 @@ impl EmbeddedStore {
         rx.await.map_err(|_| closed())?
     }
 
+    /// The highest message id stored so far (0 when empty). Standalone starts its
+    /// id generator above it, so a clock set back across a restart cannot make it
+    /// issue an id twice.
+    pub fn max_message_id(&self) -> StoreResult<u64> {
+        self.read(|txn| Ok(txn.open_table(META)?.get("max_message_id")?.map(|v| v.value()).unwrap_or(0)))
+    }
+
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
         let txn = self.db.begin_read()?;
         f(&txn)
@@ -393,6 +400,12 @@ impl Store for EmbeddedStore {
                 (message.conversation.as_str(), message.seq),
                 message.encode_to_vec().as_slice(),
             )?;
+            // The highest message id ever stored: a restarted id generator starts above it.
+            let mut meta = txn.open_table(META)?;
+            if meta.get("max_message_id")?.is_none_or(|v| v.value() < message.id) {
+                meta.insert("max_message_id", message.id)?;
+            }
+            drop(meta);
             // The sender has read everything up to its own message.
             let mut read = txn.open_table(USER_CONVERSATIONS)?;
             let read_key = (message.sender_id, message.conversation.as_str());
