@@ -18,12 +18,11 @@ use std::time::Duration;
 use fastim_proto::client::{self, ErrorCode, Message};
 use fastim_proto::internal::{AuthRequest, ClientCall, Device, Disconnected};
 use fastim_proto::{Command, Frame, FrameError, flags};
-use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tonic::Request;
 
 use crate::Gateway;
-use crate::registry::{ConnHandle, Outbound};
+use crate::registry::{ConnQueue, Outbound};
 use crate::transport::Transport;
 
 /// How long a call into logic may take before the client gets UNAVAILABLE.
@@ -111,12 +110,8 @@ struct Connection {
 /// Runs a connection to its end. `transport` is already accepted (and upgraded).
 pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
     let config = &gateway.config;
-    let (tx, mut rx) = mpsc::channel(config.outbound_queue);
-    let overflow = Arc::new(Notify::new());
-    let id = gateway.registry.insert(ConnHandle {
-        tx,
-        overflow: overflow.clone(),
-    });
+    let queue = ConnQueue::new(config.outbound_queue);
+    let id = gateway.registry.insert(queue.clone());
     let mut conn = Connection {
         id,
         transport,
@@ -129,7 +124,7 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
         rate: RateLimit::new(config.frames_per_sec, config.frame_burst),
         gateway: gateway.clone(),
     };
-    let close = conn.run(&mut rx, &overflow).await;
+    let close = conn.run(&queue).await;
     gateway.registry.remove(id);
     if let Close::With(frame) = close {
         let _ = conn.transport.write_frames(&[frame], Duration::from_secs(1)).await;
@@ -144,24 +139,28 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
 }
 
 impl Connection {
-    async fn run(&mut self, rx: &mut mpsc::Receiver<Outbound>, overflow: &Notify) -> Close {
+    async fn run(&mut self, queue: &ConnQueue) -> Close {
         loop {
             let resend_at = self.resend_at.unwrap_or(self.deadline);
+            // Handlers are boxed: the state kept while a connection idles in this
+            // select stays small, and the larger handler state exists only while used.
             tokio::select! {
-                _ = overflow.notified() => {
-                    tracing::info!(conn = self.id, "closing a slow reader");
-                    return Close::With(error_frame(0, ErrorCode::RateLimited, "outbound queue full: you read too slowly"));
-                }
-                item = rx.recv() => {
-                    let Some(item) = item else { return Close::Gone };
-                    if let Some(close) = self.outbound(item).await {
-                        return close;
+                _ = queue.wake.notified() => {
+                    if queue.overflowed() {
+                        tracing::info!(conn = self.id, "closing a slow reader");
+                        let msg = "outbound queue full: you read too slowly";
+                        return Close::With(error_frame(0, ErrorCode::RateLimited, msg));
+                    }
+                    while let Some(item) = queue.pop() {
+                        if let Some(close) = Box::pin(self.outbound(item)).await {
+                            return close;
+                        }
                     }
                 }
                 read = self.transport.read_frame() => {
                     match read {
                         Ok(Some(frame)) => {
-                            if let Some(close) = self.inbound(frame).await {
+                            if let Some(close) = Box::pin(self.inbound(frame)).await {
                                 return close;
                             }
                         }
@@ -184,7 +183,7 @@ impl Connection {
                     });
                 }
                 _ = tokio::time::sleep_until(resend_at), if self.resend_at.is_some() => {
-                    if let Some(close) = self.resend().await {
+                    if let Some(close) = Box::pin(self.resend()).await {
                         return close;
                     }
                 }

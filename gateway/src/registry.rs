@@ -1,15 +1,18 @@
 //! The connections this gateway holds, by connection id.
 //!
 //! Push and kick calls from logic find a connection here and queue work for its
-//! task through a bounded channel; a full channel means the client does not read
-//! fast enough, and the connection is told to close instead of growing memory.
+//! task. Each connection's queue is a [`ConnQueue`]: a bounded `VecDeque` behind a
+//! mutex plus a `Notify`. It allocates nothing while empty (idle connections are the
+//! common case, and a channel would hold a preallocated block per connection), and a
+//! full queue means the client does not read fast enough: the connection is told to
+//! close instead of growing memory.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fastim_proto::client::Message;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Work for a connection task, queued by push, kick and drain.
 #[derive(Debug)]
@@ -20,15 +23,6 @@ pub enum Outbound {
     Kick(String),
     /// Ask the client to reconnect elsewhere, then close.
     Reconnect(String),
-}
-
-/// What the registry holds for one connection.
-#[derive(Clone)]
-pub struct ConnHandle {
-    /// Bounded queue into the connection task.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Wakes the task to close it when the queue overflowed.
-    pub overflow: Arc<Notify>,
 }
 
 /// What happened to a queued delivery.
@@ -42,18 +36,70 @@ pub enum Queued {
     Missing,
 }
 
+/// The bounded work queue of one connection.
+pub struct ConnQueue {
+    items: Mutex<VecDeque<Outbound>>,
+    /// Wakes the connection task: new items, or an overflow.
+    pub wake: Notify,
+    /// Set when an item did not fit: the task closes the connection.
+    overflowed: AtomicBool,
+    capacity: usize,
+}
+
+impl ConnQueue {
+    /// An empty queue holding at most `capacity` items.
+    pub fn new(capacity: usize) -> Arc<ConnQueue> {
+        Arc::new(ConnQueue {
+            items: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            overflowed: AtomicBool::new(false),
+            capacity,
+        })
+    }
+
+    /// Queues an item without waiting.
+    pub fn push(&self, item: Outbound) -> Queued {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = if items.len() >= self.capacity {
+            self.overflowed.store(true, Ordering::Relaxed);
+            Queued::Overflow
+        } else {
+            items.push_back(item);
+            Queued::Ok
+        };
+        drop(items);
+        self.wake.notify_one();
+        queued
+    }
+
+    /// Takes the next item; releases the buffer once the queue is empty.
+    pub fn pop(&self) -> Option<Outbound> {
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > 0 {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Whether an item was refused for lack of room.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
 /// All connections of the gateway.
 #[derive(Default)]
 pub struct Registry {
-    conns: Mutex<HashMap<u64, ConnHandle>>,
+    conns: Mutex<HashMap<u64, Arc<ConnQueue>>>,
     next_id: AtomicU64,
 }
 
 impl Registry {
     /// Registers a connection and returns its id.
-    pub fn insert(&self, handle: ConnHandle) -> u64 {
+    pub fn insert(&self, queue: Arc<ConnQueue>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.lock().insert(id, handle);
+        self.lock().insert(id, queue);
         id
     }
 
@@ -79,20 +125,43 @@ impl Registry {
 
     /// Queues `item` for connection `id` without waiting.
     pub fn deliver(&self, id: u64, item: Outbound) -> Queued {
-        let Some(handle) = self.lock().get(&id).cloned() else {
+        let Some(queue) = self.lock().get(&id).cloned() else {
             return Queued::Missing;
         };
-        match handle.tx.try_send(item) {
-            Ok(()) => Queued::Ok,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                handle.overflow.notify_one();
-                Queued::Overflow
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Missing,
-        }
+        queue.push(item)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnQueue>>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_queue_overflows_instead_of_growing() {
+        let queue = ConnQueue::new(2);
+        assert_eq!(queue.push(Outbound::Kick("a".into())), Queued::Ok);
+        assert_eq!(queue.push(Outbound::Kick("b".into())), Queued::Ok);
+        assert!(!queue.overflowed());
+        assert_eq!(queue.push(Outbound::Kick("c".into())), Queued::Overflow);
+        assert!(queue.overflowed());
+        assert!(matches!(queue.pop(), Some(Outbound::Kick(r)) if r == "a"));
+        assert!(queue.pop().is_some());
+        assert!(queue.pop().is_none());
+    }
+
+    #[test]
+    fn registry_delivers_to_known_connections_only() {
+        let registry = Registry::default();
+        let queue = ConnQueue::new(4);
+        let id = registry.insert(queue.clone());
+        assert_eq!(registry.deliver(id, Outbound::Kick("x".into())), Queued::Ok);
+        assert_eq!(registry.deliver(id + 1, Outbound::Kick("x".into())), Queued::Missing);
+        registry.remove(id);
+        assert!(registry.is_empty());
+        assert_eq!(registry.deliver(id, Outbound::Kick("x".into())), Queued::Missing);
     }
 }

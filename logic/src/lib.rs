@@ -24,4 +24,7 @@ pub mod service;
 pub mod store;
 
 pub use config::LogicConfig;
+
+#[cfg(test)]
+mod tests;
 pub use service::LogicService;

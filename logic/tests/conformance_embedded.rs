@@ -25,7 +25,12 @@ async fn max_message_id_survives_reopen() {
         assert_eq!(store.max_message_id().unwrap(), 0);
         store.ensure_direct("d:1:2", 1, 2).await.unwrap();
         for id in [500, 900, 700] {
-            let message = Message { conversation: "d:1:2".into(), id, sender_id: 1, ..Default::default() };
+            let message = Message {
+                conversation: "d:1:2".into(),
+                id,
+                sender_id: 1,
+                ..Default::default()
+            };
             store.append(NewMessage { message }).await.unwrap();
         }
     }

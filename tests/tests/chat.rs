@@ -496,3 +496,37 @@ async fn logout_revokes_the_session_token() {
     assert_eq!(err.code(), Some(ErrorCode::AuthFailed));
     assert_eq!(err.to_string(), "unknown user or wrong password");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_clients_and_exits_cleanly() {
+    let mut server = Standalone::start(&["--drain-rate", "20"]);
+    server.register(&["alice", "bob"]).await;
+    let mut clients = Vec::new();
+    for name in ["alice", "bob"] {
+        for kind in [DeviceKind::Mobile, DeviceKind::Desktop, DeviceKind::Web] {
+            clients.push(Client::connect(user(&server.tcp, name, kind)).await.unwrap());
+        }
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(server.terminate(), Some(0), "clean exit after draining");
+    // Six clients at 20 per second: the drain is paced, not instant.
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    for (_, events) in clients.iter_mut() {
+        let event = tokio::time::timeout(T, async {
+            loop {
+                match events.recv().await {
+                    Some(Event::Disconnected(reason)) => return reason,
+                    Some(_) => continue,
+                    None => panic!("events ended"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(event, "server asked to reconnect");
+    }
+}

@@ -150,7 +150,13 @@ impl EmbeddedStore {
     /// id generator above it, so a clock set back across a restart cannot make it
     /// issue an id twice.
     pub fn max_message_id(&self) -> StoreResult<u64> {
-        self.read(|txn| Ok(txn.open_table(META)?.get("max_message_id")?.map(|v| v.value()).unwrap_or(0)))
+        self.read(|txn| {
+            Ok(txn
+                .open_table(META)?
+                .get("max_message_id")?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
