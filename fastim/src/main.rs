@@ -22,7 +22,14 @@ fn main() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The blocking pool runs password hashing, which is CPU-bound: more threads than
+    // a few per core only add stacks and malloc arenas (memory per connection).
+    let blocking = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
