@@ -32,9 +32,19 @@ pub struct Accepted {
 }
 
 impl Delivery {
-    /// Sets the baseline of conversations not seen yet (from a sync response).
-    pub fn baseline(&mut self, conversation: &str, seq: u64) {
-        self.cursors.entry(conversation.to_owned()).or_insert(seq);
+    /// Sets the baseline of a conversation not seen yet (from a sync response), and
+    /// releases what was held back waiting for it.
+    pub fn baseline(&mut self, conversation: &str, seq: u64) -> Accepted {
+        if self.cursors.contains_key(conversation) {
+            return Accepted::default();
+        }
+        self.cursors.insert(conversation.to_owned(), seq);
+        let held = self
+            .ahead
+            .remove(conversation)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        self.accept(held)
     }
 
     /// Current cursors, for a sync request.
@@ -48,16 +58,27 @@ impl Delivery {
     }
 
     /// Accepts messages from a push or a sync.
+    ///
+    /// A conversation without a cursor yet (no sync has covered it) starts at its
+    /// first message; anything later is held back until a sync gives the baseline,
+    /// so a device that already saw a conversation is not shown it again.
     pub fn accept(&mut self, messages: Vec<Message>) -> Accepted {
         let mut out = Accepted::default();
         let mut touched: Vec<String> = Vec::new();
         for m in messages {
             let conversation = m.conversation.clone();
-            let cursor = self.cursors.entry(conversation.clone()).or_insert(0);
-            if m.seq <= *cursor {
-                if !touched.contains(&conversation) {
-                    touched.push(conversation);
+            if !touched.contains(&conversation) {
+                touched.push(conversation.clone());
+            }
+            let cursor = match self.cursors.get_mut(&conversation) {
+                Some(cursor) => cursor,
+                None if m.seq == 1 => self.cursors.entry(conversation.clone()).or_insert(0),
+                None => {
+                    self.ahead.entry(conversation).or_default().insert(m.seq, m);
+                    continue;
                 }
+            };
+            if m.seq <= *cursor {
                 continue;
             }
             if m.seq == *cursor + 1 {
@@ -74,18 +95,16 @@ impl Delivery {
                     }
                 }
             } else {
-                self.ahead.entry(conversation.clone()).or_default().insert(m.seq, m);
-            }
-            if !touched.contains(&conversation) {
-                touched.push(conversation);
+                self.ahead.entry(conversation).or_default().insert(m.seq, m);
             }
         }
         for conversation in touched {
-            let cursor = self.cursors[&conversation];
             if self.ahead.contains_key(&conversation) {
                 out.gaps.push(conversation.clone());
             }
-            out.acks.push((conversation, cursor));
+            if let Some(cursor) = self.cursors.get(&conversation) {
+                out.acks.push((conversation, *cursor));
+            }
         }
         out
     }
@@ -134,5 +153,22 @@ mod tests {
         assert_eq!(d.cursor("a"), Some(10));
         assert!(d.accept(vec![msg("a", 10)]).deliver.is_empty());
         assert_eq!(seqs(&d.accept(vec![msg("a", 11)])), vec![11]);
+    }
+
+    #[test]
+    fn a_push_before_the_baseline_waits_for_it() {
+        let mut d = Delivery::default();
+        // A returning device: the push of seq 51 races the first sync.
+        let early = d.accept(vec![msg("a", 51)]);
+        assert!(early.deliver.is_empty());
+        assert_eq!(early.gaps, vec!["a".to_string()]);
+        assert!(early.acks.is_empty(), "nothing to acknowledge before the baseline");
+        assert_eq!(d.cursor("a"), None);
+        // The sync says the device already holds 50: 51 is released, nothing older.
+        let released = d.baseline("a", 50);
+        assert_eq!(seqs(&released), vec![51]);
+        assert_eq!(released.acks, vec![("a".to_string(), 51)]);
+        // A brand-new conversation starts at seq 1 without waiting.
+        assert_eq!(seqs(&d.accept(vec![msg("b", 1)])), vec![1]);
     }
 }

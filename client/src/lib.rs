@@ -484,6 +484,10 @@ impl Shared {
             return;
         }
         let accepted = self.delivery.lock().unwrap_or_else(|e| e.into_inner()).accept(messages);
+        self.emit_accepted(accepted, out);
+    }
+
+    fn emit_accepted(self: &Arc<Self>, accepted: delivery::Accepted, out: &mpsc::Sender<Frame>) {
         for m in accepted.deliver {
             let _ = self.events.send(Event::Message(m));
         }
@@ -531,15 +535,20 @@ impl Shared {
             };
             let frame = self.request(Command::Sync, &request).await?;
             let response: pb::SyncResponse = frame.decode().map_err(|e| ClientError::Protocol(e.to_string()))?;
-            {
-                let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
-                for c in &response.cursors {
-                    delivery.baseline(&c.conversation, c.seq);
-                }
-            }
             let Some(out) = self.out.borrow().clone() else {
                 return Err(ClientError::Disconnected("connection lost during sync".into()));
             };
+            let released: Vec<delivery::Accepted> = {
+                let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+                response
+                    .cursors
+                    .iter()
+                    .map(|c| delivery.baseline(&c.conversation, c.seq))
+                    .collect()
+            };
+            for accepted in released {
+                self.emit_accepted(accepted, &out);
+            }
             self.accept(response.messages, &out);
             if !response.more {
                 return Ok(());
