@@ -538,10 +538,7 @@ impl LogicService {
             members.push(me.user_id);
         }
         if members.len() > self.config.max_group_members {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!("members: at most {}", self.config.max_group_members),
-            ));
+            return Err(self.too_many_members());
         }
         let group = self
             .store
@@ -552,6 +549,13 @@ impl LogicService {
         Ok(client::GroupCreateResponse {
             group: Some(group_body(&group)),
         })
+    }
+
+    fn too_many_members(&self) -> client::Error {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("members: at most {} per group", self.config.max_group_members),
+        )
     }
 
     async fn member_group(&self, me: &Device, id: u64) -> Reply<crate::store::GroupRecord> {
@@ -572,10 +576,7 @@ impl LogicService {
         let current = self.store.members(&conversation).await.map_err(store_err)?;
         let new = users.iter().filter(|u| !current.contains(u)).count();
         if current.len() + new > self.config.max_group_members {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!("members: at most {}", self.config.max_group_members),
-            ));
+            return Err(self.too_many_members());
         }
         self.store.add_members(&conversation, &users).await.map_err(store_err)?;
         Ok(client::GroupMembersChangeResponse {})
