@@ -4,7 +4,7 @@
 # prerequisites first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 # End-to-end tests run the real binary: build it first.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

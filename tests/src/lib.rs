@@ -8,6 +8,8 @@
 //! The binary is found next to the test executable (`target/<profile>/fastim`), or
 //! at `$FASTIM_BIN`; build it first (`cargo build -p fastim`, which the test script does).
 
+pub mod services;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
