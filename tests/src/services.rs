@@ -15,19 +15,28 @@ use std::time::{Duration, Instant};
 
 /// A free loopback port (bound and released; the race with other processes is tiny).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not become ready within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn signal(child: &Child, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
 }
 
 /// A process we started, stopped on drop.
@@ -49,7 +58,9 @@ impl Drop for Proc {
 }
 
 fn log_file(dir: &Path, name: &str) -> Stdio {
-    std::fs::File::create(dir.join(name)).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+    std::fs::File::create(dir.join(name))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 /// A private Redis server.
@@ -63,7 +74,11 @@ pub struct Redis {
 impl Redis {
     /// Starts one (no persistence).
     pub fn start() -> Redis {
-        let mut redis = Redis { dir: tempfile::tempdir().expect("temp dir"), proc: Proc(None), port: free_port() };
+        let mut redis = Redis {
+            dir: tempfile::tempdir().expect("temp dir"),
+            proc: Proc(None),
+            port: free_port(),
+        };
         redis.restart();
         redis
     }
@@ -82,7 +97,16 @@ impl Redis {
     pub fn restart(&mut self) {
         self.proc.kill9();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(log_file(self.dir.path(), "redis.log"))
@@ -93,7 +117,9 @@ impl Redis {
         let port = self.port;
         wait_until("redis", Duration::from_secs(20), || {
             use std::io::{Read, Write};
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                return false;
+            };
             let mut buf = [0u8; 7];
             s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
         });
@@ -112,8 +138,12 @@ pub struct Etcd {
 impl Etcd {
     /// Starts one.
     pub fn start() -> Etcd {
-        let mut etcd =
-            Etcd { dir: tempfile::tempdir().expect("temp dir"), proc: Proc(None), port: free_port(), peer_port: free_port() };
+        let mut etcd = Etcd {
+            dir: tempfile::tempdir().expect("temp dir"),
+            proc: Proc(None),
+            port: free_port(),
+            peer_port: free_port(),
+        };
         etcd.restart();
         etcd
     }
@@ -134,7 +164,14 @@ impl Etcd {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
-            .args(["--name", "test", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args([
+                "--name",
+                "test",
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("test={peer}")])
             .arg("--data-dir")
@@ -151,7 +188,9 @@ impl Etcd {
 
 fn http_ok(port: u16, path: &str) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let mut response = String::new();
@@ -172,10 +211,17 @@ pub struct Postgres {
 
 fn postgres_bin() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("postgres").exists()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("postgres").exists())
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
-    versions.pop().expect("PostgreSQL server binaries in /usr/lib/postgresql/*/bin (install the postgresql package)")
+    versions
+        .pop()
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql/*/bin (install the postgresql package)")
 }
 
 /// Runs `cmd` as the `postgres` user when we are root (PostgreSQL refuses root).
@@ -207,12 +253,29 @@ impl Postgres {
         }
         let bin = postgres_bin();
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(dir.path().join("data")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        initdb.arg("-D").arg(dir.path().join("data")).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
         initdb.stdout(Stdio::null()).stderr(log_file(dir.path(), "initdb.log"));
         as_postgres_user(&mut initdb);
         let status = initdb.status().expect("run initdb");
-        assert!(status.success(), "initdb failed: see {}", dir.path().join("initdb.log").display());
-        let mut pg = Postgres { dir, proc: Proc(None), bin, port: free_port() };
+        assert!(
+            status.success(),
+            "initdb failed: see {}",
+            dir.path().join("initdb.log").display()
+        );
+        let mut pg = Postgres {
+            dir,
+            proc: Proc(None),
+            bin,
+            port: free_port(),
+        };
         pg.restart();
         pg
     }
@@ -230,10 +293,26 @@ impl Postgres {
     /// Runs one SQL command with psql; panics on failure.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-tA", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-tA",
+                "-c",
+                sql,
+            ])
             .output()
             .expect("run psql");
-        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -255,10 +334,20 @@ impl Postgres {
         self.stop();
         // A killed postmaster leaves its pid file; the new one checks it is stale.
         let mut cmd = Command::new(self.bin.join("postgres"));
-        cmd.arg("-D").arg(self.dir.path().join("data")).args(["-p", &self.port.to_string()]);
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string()]);
         cmd.arg("-k").arg(self.dir.path());
-        cmd.args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"]);
-        cmd.stdout(Stdio::null()).stderr(log_file(self.dir.path(), "postgres.log"));
+        cmd.args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ]);
+        cmd.stdout(Stdio::null())
+            .stderr(log_file(self.dir.path(), "postgres.log"));
         as_postgres_user(&mut cmd);
         self.proc = Proc(Some(cmd.spawn().expect("start postgres")));
         let (bin, port) = (self.bin.clone(), self.port);

@@ -134,13 +134,28 @@ pub async fn append_sequences_and_dedup(store: Arc<dyn Store>) {
     assert_eq!((other.message.seq, other.duplicate), (2, false));
     let no_id = store.append(message(&c, a, "", "no id")).await.unwrap();
     assert_eq!(no_id.message.seq, 3);
-    let states = store.user_conversations(a).await.unwrap();
+    let no_id_again = store.append(message(&c, a, "", "no id")).await.unwrap();
     assert_eq!(
-        (states[0].last_seq, states[0].read_seq),
-        (3, 3),
+        (no_id_again.message.seq, no_id_again.duplicate),
+        (4, false),
+        "no id: no deduplication"
+    );
+    // The key is scoped to the conversation.
+    let g = store.create_group("g", a, &[a, b]).await.unwrap();
+    let elsewhere = store
+        .append(message(&conversation::group(g.id), a, "m1", "m1 in a group"))
+        .await
+        .unwrap();
+    assert_eq!((elsewhere.message.seq, elsewhere.duplicate), (1, false));
+    let states = store.user_conversations(a).await.unwrap();
+    let direct = states.iter().find(|s| s.conversation == c).unwrap();
+    assert_eq!(
+        (direct.last_seq, direct.read_seq),
+        (4, 4),
         "the sender has read its own message"
     );
-    assert_eq!(store.user_conversations(b).await.unwrap()[0].read_seq, 2);
+    let of_b = store.user_conversations(b).await.unwrap();
+    assert_eq!(of_b.iter().find(|s| s.conversation == c).unwrap().read_seq, 2);
     let missing = store.append(message("d:1000:1001", a, "x", "nowhere")).await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))));
 }

@@ -35,8 +35,8 @@ const MEMBERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("members"
 const USER_CONVERSATIONS: TableDefinition<(u64, &str), u64> = TableDefinition::new("user_conversations");
 /// (conversation, seq) -> protobuf `Message`.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// (sender, client message id) -> (conversation, seq).
-const DEDUP: TableDefinition<(u64, &str), (&str, u64)> = TableDefinition::new("dedup");
+/// (conversation, sender, client message id) -> seq.
+const DEDUP: TableDefinition<(&str, u64, &str), u64> = TableDefinition::new("dedup");
 /// (user, device, conversation) -> delivered seq.
 const CURSORS: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("cursors");
 /// Counters: "next_user_id", "next_group_id".
@@ -381,14 +381,17 @@ impl Store for EmbeddedStore {
     async fn append(&self, new: NewMessage) -> StoreResult<Appended> {
         self.write(move |txn| {
             let mut message = new.message;
-            let dedup_key = (message.sender_id, message.client_msg_id.as_str());
+            let dedup_key = (
+                message.conversation.as_str(),
+                message.sender_id,
+                message.client_msg_id.as_str(),
+            );
             if !message.client_msg_id.is_empty()
-                && let Some(found) = txn.open_table(DEDUP)?.get(dedup_key)?
+                && let Some(seq) = txn.open_table(DEDUP)?.get(dedup_key)?
             {
-                let (conversation, seq) = found.value();
                 let messages = txn.open_table(MESSAGES)?;
                 let stored = messages
-                    .get((conversation, seq))?
+                    .get((message.conversation.as_str(), seq.value()))?
                     .ok_or_else(|| StoreError::Unavailable("dedup entry without message".into()))?;
                 return Ok(Appended {
                     message: decode_message(stored.value())?,
@@ -421,8 +424,12 @@ impl Store for EmbeddedStore {
             drop(read);
             if !message.client_msg_id.is_empty() {
                 txn.open_table(DEDUP)?.insert(
-                    (message.sender_id, message.client_msg_id.as_str()),
-                    (message.conversation.as_str(), message.seq),
+                    (
+                        message.conversation.as_str(),
+                        message.sender_id,
+                        message.client_msg_id.as_str(),
+                    ),
+                    message.seq,
                 )?;
             }
             Ok(Appended {

@@ -4,8 +4,11 @@
 //! `fastim standalone`) and, in cluster mode, PostgreSQL. The contract that matters
 //! most is [`Store::append`]: the message gets the next gap-free sequence number of
 //! its conversation in the same transaction that stores it, a repeated
-//! `(sender, client_msg_id)` returns the original message, and the call returns only
-//! after the transaction is durable.
+//! `(conversation, sender, client_msg_id)` returns the original message, and the call
+//! returns only after the transaction is durable. (Idempotency is scoped to the
+//! conversation so that everything about a message lives on the conversation's shard
+//! when PostgreSQL is distributed by conversation id; a client retries into the same
+//! conversation.)
 
 pub mod conformance;
 pub mod embedded;
@@ -128,8 +131,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every conversation `user` is a member of.
     async fn user_conversations(&self, user: u64) -> StoreResult<Vec<ConversationState>>;
 
-    /// Appends a message: next gap-free seq, idempotent by `(sender_id,
-    /// client_msg_id)`, returns only once durable. The sender's read marker moves
+    /// Appends a message: next gap-free seq, idempotent by `(conversation,
+    /// sender_id, client_msg_id)`, returns only once durable. The sender's read marker moves
     /// to the new message in the same transaction.
     async fn append(&self, new: NewMessage) -> StoreResult<Appended>;
     /// Messages with `seq > after`, oldest first, at most `limit`.
