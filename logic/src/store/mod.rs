@@ -12,6 +12,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod postgres;
 
 use std::collections::HashMap;
 
