@@ -748,6 +748,17 @@ impl internal::logic_server::Logic for LogicService {
         }
         Ok(Response::new(Empty {}))
     }
+
+    async fn refresh(&self, request: Request<internal::RefreshRoutes>) -> Result<Response<Empty>, Status> {
+        let refresh = request.into_inner();
+        match self.routes.refresh(&refresh.devices).await {
+            Ok(()) => Ok(Response::new(Empty {})),
+            Err(e) => {
+                tracing::warn!(gateway = %refresh.gateway_id, error = %e, "route refresh failed");
+                Err(Status::unavailable(e.to_string()))
+            }
+        }
+    }
 }
 
 /// How long a caller should wait for logic before giving up on a call.

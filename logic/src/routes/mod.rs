@@ -2,9 +2,12 @@
 //!
 //! Logic writes a route when a device logs in and removes it when the connection
 //! closes; fan-out reads it to find where to push. Standalone keeps it in memory
-//! ([`MemoryRoutes`]); cluster mode keeps it in Redis with TTLs refreshed by
-//! heartbeats. A route is only ever a hint: a message is durable before it is
-//! routed, and a device that misses a push catches up by syncing.
+//! ([`MemoryRoutes`]); cluster mode keeps it in Redis ([`redis::RedisRoutes`]) with
+//! TTLs refreshed by the gateways' periodic announcements. A route is only ever a
+//! hint: a message is durable before it is routed, and a device that misses a push
+//! catches up by syncing.
+
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,9 +55,12 @@ pub trait RouteTable: Send + Sync + 'static {
     async fn unbind(&self, device: &Device) -> Result<(), RouteError>;
     /// Every online device of a user.
     async fn devices(&self, user_id: u64) -> Result<Vec<Device>, RouteError>;
+    /// Re-announces devices that are still connected (no kicks): refreshes their
+    /// expiry and restores routes a restarted store lost.
+    async fn refresh(&self, devices: &[Device]) -> Result<(), RouteError>;
 }
 
-fn same_connection(a: &Device, b: &Device) -> bool {
+pub(crate) fn same_connection(a: &Device, b: &Device) -> bool {
     a.gateway_id == b.gateway_id && a.conn_id == b.conn_id
 }
 
@@ -94,6 +100,17 @@ impl RouteTable for MemoryRoutes {
     async fn devices(&self, user_id: u64) -> Result<Vec<Device>, RouteError> {
         let map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         Ok(map.get(&user_id).cloned().unwrap_or_default())
+    }
+
+    async fn refresh(&self, devices: &[Device]) -> Result<(), RouteError> {
+        let mut map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        for device in devices {
+            let routes = map.entry(device.user_id).or_default();
+            if !routes.iter().any(|d| same_connection(d, device)) {
+                routes.push(device.clone());
+            }
+        }
+        Ok(())
     }
 }
 
