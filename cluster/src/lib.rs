@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,17 @@ pub async fn connect(endpoints: &str) -> Result<Client> {
     Ok(Client::connect(endpoints, Some(options)).await?)
 }
 
-/// A key kept in etcd under a lease while this handle lives.
+/// A key kept in etcd under a lease while this handle lives. [`Registration::stop`]
+/// removes it at once; dropping the handle lets it expire with the lease.
 pub struct Registration {
+    /// The value to keep; changing it re-puts the key.
     value: watch::Sender<String>,
+    /// The keep-alive task.
     task: tokio::task::JoinHandle<()>,
+    /// For revoking on stop.
+    client: Client,
+    /// The lease currently holding the key (replaced after an etcd outage).
+    current: Arc<AtomicI64>,
 }
 
 impl Registration {
@@ -61,8 +69,24 @@ impl Registration {
             .put(key.as_str(), value.as_str(), Some(PutOptions::new().with_lease(lease)))
             .await?;
         let (tx, rx) = watch::channel(value);
-        let task = tokio::spawn(keep(client, key, lease, ttl, rx));
-        Ok(Registration { value: tx, task })
+        let current = Arc::new(AtomicI64::new(lease));
+        let task = tokio::spawn(keep(client.clone(), key, ttl, rx, current.clone()));
+        Ok(Registration {
+            value: tx,
+            task,
+            client,
+            current,
+        })
+    }
+
+    /// Removes the key now (revoking its lease) and stops keeping it.
+    pub async fn stop(self) {
+        self.task.abort();
+        let lease = self.current.load(Ordering::SeqCst);
+        let mut client = self.client.clone();
+        if let Err(e) = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(lease)).await {
+            tracing::warn!(error = %e, "could not revoke the registration; it expires with its lease");
+        }
     }
 
     /// Replaces the registered value (e.g. a new connection count).
@@ -81,9 +105,16 @@ impl Drop for Registration {
     }
 }
 
-async fn keep(mut client: Client, key: String, mut lease: i64, ttl: Duration, mut value: watch::Receiver<String>) {
+async fn keep(
+    mut client: Client,
+    key: String,
+    ttl: Duration,
+    mut value: watch::Receiver<String>,
+    current: Arc<AtomicI64>,
+) {
     let every = (ttl / 3).max(Duration::from_millis(500));
     loop {
+        let lease = current.load(Ordering::SeqCst);
         let result: Result<()> = async {
             let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
             let mut tick = tokio::time::interval(every);
@@ -128,7 +159,7 @@ async fn keep(mut client: Client, key: String, mut lease: i64, ttl: Duration, mu
             .await;
             match attempt {
                 Ok(id) => {
-                    lease = id;
+                    current.store(id, Ordering::SeqCst);
                     tracing::info!(%key, "etcd registration restored");
                     break;
                 }

@@ -6,9 +6,16 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// FastIM: a distributed instant-messaging system.
+///
+/// Every flag can also be set by its FASTIM_* environment variable, or in a file of
+/// FASTIM_*=value lines named by --config FILE (or FASTIM_CONFIG); flags win over the
+/// environment, the environment over the file.
 #[derive(Parser, Debug)]
 #[command(name = "fastim", version, about)]
 pub struct Cli {
+    /// A file of FASTIM_*=value lines (see above).
+    #[arg(long, global = true, env = "FASTIM_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -17,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Run gateway, logic and ID allocation in one process with embedded storage.
     Standalone(StandaloneArgs),
+    /// Run a gateway (client connections) of a cluster.
+    Gateway(GatewayArgs),
+    /// Run a logic node (accounts, chat, storage) of a cluster.
+    Logic(LogicArgs),
     /// Register a user (password from FASTIM_PASSWORD).
     Register(ClientArgs),
     /// Send one message and exit 0 once the server acknowledged it.
@@ -35,12 +46,14 @@ pub enum Command {
 
 impl Command {
     pub fn is_server(&self) -> bool {
-        matches!(self, Command::Standalone(_))
+        matches!(self, Command::Standalone(_) | Command::Gateway(_) | Command::Logic(_))
     }
 
     pub async fn run(self) -> anyhow::Result<i32> {
         match self {
             Command::Standalone(args) => crate::standalone::run(args).await,
+            Command::Gateway(args) => crate::cluster::gateway(args).await,
+            Command::Logic(args) => crate::cluster::logic(args).await,
             Command::Register(args) => crate::commands::register(args).await,
             Command::Send(args) => crate::commands::send(args).await,
             Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
@@ -57,24 +70,27 @@ pub struct StandaloneArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "FASTIM_DATA_DIR", default_value = "./fastim-data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
+    #[command(flatten)]
+    pub logic: LogicFlags,
+}
+
+/// Settings of the client-facing side (standalone and `fastim gateway`).
+#[derive(Args, Debug, Clone)]
+pub struct GatewayFlags {
     /// TCP listen address (FastIM frames); port 0 picks a free port.
     #[arg(long, env = "FASTIM_TCP", default_value = "127.0.0.1:7000")]
     pub tcp: SocketAddr,
     /// WebSocket listen address.
     #[arg(long, env = "FASTIM_WS", default_value = "127.0.0.1:7001")]
     pub ws: SocketAddr,
-    /// Heartbeat interval told to clients, in ms; 3 missed intervals close a connection.
-    #[arg(long, env = "FASTIM_HEARTBEAT_MS", default_value_t = 30_000)]
-    pub heartbeat_ms: u64,
     /// Time a new connection has to log in, in ms.
     #[arg(long, env = "FASTIM_AUTH_TIMEOUT_MS", default_value_t = 10_000)]
     pub auth_timeout_ms: u64,
     /// Largest frame body in bytes.
     #[arg(long, env = "FASTIM_MAX_FRAME_BODY", default_value_t = 65_536)]
     pub max_frame_body: usize,
-    /// Which older login a new one kicks: same-kind, single-device or never.
-    #[arg(long, env = "FASTIM_KICK_POLICY", default_value = "same-kind")]
-    pub kick_policy: String,
     /// Frames per second one connection may send (sustained).
     #[arg(long, env = "FASTIM_FRAMES_PER_SEC", default_value_t = 200)]
     pub frames_per_sec: u32,
@@ -90,6 +106,20 @@ pub struct StandaloneArgs {
     /// Most concurrent connections.
     #[arg(long, env = "FASTIM_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+    /// Connections per second asked to reconnect while shutting down.
+    #[arg(long, env = "FASTIM_DRAIN_RATE", default_value_t = 500)]
+    pub drain_rate: u32,
+}
+
+/// Settings of logic (standalone and `fastim logic`).
+#[derive(Args, Debug, Clone)]
+pub struct LogicFlags {
+    /// Heartbeat interval told to clients, in ms; 3 missed intervals close a connection.
+    #[arg(long, env = "FASTIM_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub heartbeat_ms: u64,
+    /// Which older login a new one kicks: same-kind, single-device or never.
+    #[arg(long, env = "FASTIM_KICK_POLICY", default_value = "same-kind")]
+    pub kick_policy: String,
     /// argon2id memory cost in KiB for new password hashes.
     #[arg(long, env = "FASTIM_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -99,9 +129,69 @@ pub struct StandaloneArgs {
     /// Session token lifetime in seconds.
     #[arg(long, env = "FASTIM_SESSION_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_secs: u64,
-    /// Connections per second asked to reconnect while shutting down.
-    #[arg(long, env = "FASTIM_DRAIN_RATE", default_value_t = 500)]
-    pub drain_rate: u32,
+}
+
+/// `fastim gateway`: client connections, in a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Unique id of this gateway (default: gateway-<hostname>-<pid>).
+    #[arg(long, env = "FASTIM_ID")]
+    pub id: Option<String>,
+    /// Internal gRPC listen address (logic pushes here).
+    #[arg(long, env = "FASTIM_GRPC", default_value = "127.0.0.1:7010")]
+    pub grpc: SocketAddr,
+    /// Internal address others use to reach this gateway (default: the bound --grpc address).
+    #[arg(long, env = "FASTIM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Client-facing TCP address to publish for the LSB (default: the bound --tcp address).
+    #[arg(long, env = "FASTIM_PUBLIC_TCP")]
+    pub public_tcp: Option<String>,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+    /// Seconds between announcements of this gateway's devices to logic (route refresh).
+    #[arg(long, env = "FASTIM_ROUTE_REFRESH_SECS", default_value_t = 20)]
+    pub route_refresh_secs: u64,
+    #[command(flatten)]
+    pub gateway: GatewayFlags,
+}
+
+/// `fastim logic`: accounts, chat and storage, in a cluster.
+#[derive(Args, Debug, Clone)]
+pub struct LogicArgs {
+    /// Unique id of this logic node (default: logic-<hostname>-<pid>).
+    #[arg(long, env = "FASTIM_ID")]
+    pub id: Option<String>,
+    /// Internal gRPC listen address (gateways call here).
+    #[arg(long, env = "FASTIM_GRPC", default_value = "127.0.0.1:7020")]
+    pub grpc: SocketAddr,
+    /// Internal address gateways use to reach this node (default: the bound --grpc address).
+    #[arg(long, env = "FASTIM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// PostgreSQL connection string (libpq style or postgres:// URL).
+    #[arg(
+        long,
+        env = "FASTIM_DATABASE",
+        default_value = "host=127.0.0.1 user=postgres dbname=fastim"
+    )]
+    pub database: String,
+    /// PostgreSQL connections per logic node.
+    #[arg(long, env = "FASTIM_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: usize,
+    /// Redis URLs, comma-separated (several, or --redis-cluster, for Redis Cluster).
+    #[arg(long, env = "FASTIM_REDIS", default_value = "redis://127.0.0.1:6379/")]
+    pub redis: String,
+    /// Treat --redis as a Redis Cluster.
+    #[arg(long, env = "FASTIM_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Seconds a route lives without a refresh from its gateway.
+    #[arg(long, env = "FASTIM_ROUTE_TTL_SECS", default_value_t = 90)]
+    pub route_ttl_secs: u64,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+    #[command(flatten)]
+    pub logic: LogicFlags,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

@@ -6,12 +6,18 @@
 
 mod bench;
 mod cli;
+mod cluster;
 mod commands;
+mod config;
 mod standalone;
 
 use clap::Parser;
 
 fn main() {
+    if let Err(e) = config::load_config_file() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
     let cli = cli::Cli::parse();
     let default_level = if cli.command.is_server() { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FASTIM_LOG")

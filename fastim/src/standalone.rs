@@ -3,60 +3,21 @@
 //! `Logic` and `Gateway` gRPC service traits, `Store`, `RouteTable`); only the
 //! implementations differ.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::Context;
+use fastim_gateway::Gateway;
 use fastim_gateway::server::{self, Listeners};
-use fastim_gateway::{Gateway, GatewayConfig};
 use fastim_idgen::Snowflake;
-use fastim_logic::auth::HashCost;
+use fastim_logic::LogicService;
 use fastim_logic::gateways::LocalGateways;
 use fastim_logic::routes::MemoryRoutes;
 use fastim_logic::store::embedded::EmbeddedStore;
-use fastim_logic::{LogicConfig, LogicService};
+use std::sync::Arc;
 
 use crate::cli::StandaloneArgs;
 
-fn configs(args: &StandaloneArgs) -> anyhow::Result<(LogicConfig, GatewayConfig)> {
-    let logic = LogicConfig {
-        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
-        session_ttl: Duration::from_secs(args.session_ttl_secs),
-        hash_cost: HashCost {
-            memory_kib: args.argon2_memory_kib,
-            iterations: args.argon2_iterations,
-        },
-        kick_policy: args
-            .kick_policy
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--kick-policy: {e}"))?,
-        ..LogicConfig::default()
-    };
-    logic
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid logic configuration: {e}"))?;
-    let gateway = GatewayConfig {
-        id: "standalone".into(),
-        tcp_addr: Some(args.tcp),
-        ws_addr: Some(args.ws),
-        max_frame_body: args.max_frame_body,
-        auth_timeout: Duration::from_millis(args.auth_timeout_ms),
-        outbound_queue: args.outbound_queue,
-        retransmit_after: Duration::from_millis(args.retransmit_ms),
-        frames_per_sec: args.frames_per_sec,
-        frame_burst: args.frame_burst,
-        max_connections: args.max_connections,
-        drain_rate: args.drain_rate,
-        ..GatewayConfig::default()
-    };
-    gateway
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
-    Ok((logic, gateway))
-}
-
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<i32> {
-    let (logic_config, gateway_config) = configs(&args)?;
+    let logic_config = crate::config::logic(&args.logic)?;
+    let gateway_config = crate::config::gateway("standalone", &args.gateway)?;
     let store = EmbeddedStore::open(&args.data_dir)
         .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
     let ids = Arc::new(Snowflake::new(0)?);

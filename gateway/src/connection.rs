@@ -93,7 +93,9 @@ struct Connection {
     id: u64,
     transport: Transport,
     /// Set by a successful LOGIN.
-    device: Option<Device>,
+    device: Option<Arc<Device>>,
+    /// This connection's queue in the registry (which also keeps its device).
+    queue: Arc<ConnQueue>,
     /// Heartbeat interval told to the client at login.
     heartbeat: Duration,
     /// Close when nothing arrives by then (login deadline, then heartbeats).
@@ -116,6 +118,7 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
         id,
         transport,
         device: None,
+        queue: queue.clone(),
         heartbeat: Duration::from_secs(30),
         deadline: Instant::now() + config.auth_timeout,
         unacked: Vec::new(),
@@ -131,7 +134,9 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
     }
     conn.transport.close().await;
     if let Some(device) = conn.device.take() {
-        let request = Request::new(Disconnected { device: Some(device) });
+        let request = Request::new(Disconnected {
+            device: Some(Arc::unwrap_or_clone(device)),
+        });
         if let Err(e) = gateway.logic.disconnect(request).await {
             tracing::warn!(error = %e, "disconnect not reported; the route expires");
         }
@@ -360,6 +365,8 @@ impl Connection {
             (Some(response), Some(device), None) => {
                 self.heartbeat = Duration::from_millis(response.heartbeat_interval_ms.max(100) as u64);
                 self.deadline = Instant::now() + self.heartbeat * 3;
+                let device = Arc::new(device);
+                self.queue.set_device(Some(device.clone()));
                 self.device = Some(device);
                 self.write(&[Frame::response(Command::Login, rid, &response)]).await
             }
@@ -389,7 +396,7 @@ impl Connection {
             }
         }
         let call = ClientCall {
-            device: self.device.clone(),
+            device: self.device.as_deref().cloned(),
             command: command as u32,
             body: frame.body.to_vec(),
         };
@@ -419,6 +426,7 @@ impl Connection {
             Command::PushAck => None,
             Command::Logout => {
                 self.device = None;
+                self.queue.set_device(None);
                 Some(Close::With(Frame {
                     body: reply.body.into(),
                     ..Frame::response(Command::Logout, rid, &client::LogoutResponse {})

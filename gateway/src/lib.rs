@@ -16,6 +16,7 @@
 pub mod config;
 pub mod connection;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod transport;
 

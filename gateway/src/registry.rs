@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fastim_proto::client::Message;
+use fastim_proto::internal::Device;
 use tokio::sync::Notify;
 
 /// Work for a connection task, queued by push, kick and drain.
@@ -44,6 +45,8 @@ pub struct ConnQueue {
     /// Set when an item did not fit: the task closes the connection.
     overflowed: AtomicBool,
     capacity: usize,
+    /// The logged-in identity, for the periodic route refresh.
+    device: Mutex<Option<Arc<Device>>>,
 }
 
 impl ConnQueue {
@@ -54,7 +57,13 @@ impl ConnQueue {
             wake: Notify::new(),
             overflowed: AtomicBool::new(false),
             capacity,
+            device: Mutex::new(None),
         })
+    }
+
+    /// Records (or clears) the logged-in identity of the connection.
+    pub fn set_device(&self, device: Option<Arc<Device>>) {
+        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = device;
     }
 
     /// Queues an item without waiting.
@@ -121,6 +130,15 @@ impl Registry {
     /// Ids of all connections, for draining.
     pub fn ids(&self) -> Vec<u64> {
         self.lock().keys().copied().collect()
+    }
+
+    /// Every logged-in device, for the periodic route refresh.
+    pub fn devices(&self) -> Vec<Device> {
+        let queues: Vec<Arc<ConnQueue>> = self.lock().values().cloned().collect();
+        queues
+            .iter()
+            .filter_map(|q| q.device.lock().unwrap_or_else(|e| e.into_inner()).as_deref().cloned())
+            .collect()
     }
 
     /// Queues `item` for connection `id` without waiting.

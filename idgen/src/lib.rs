@@ -31,6 +31,9 @@ pub enum IdError {
     /// The worker id does not fit in the id layout.
     #[error("worker id {0} is out of range 0..={MAX_WORKER}")]
     WorkerOutOfRange(u16),
+    /// The lease on the worker id was lost: another process may hold it now.
+    #[error("the worker id lease was lost; refusing to issue ids")]
+    WorkerLeaseLost,
 }
 
 /// A source of milliseconds since the Unix epoch (real clock in production, fake in tests).
@@ -60,6 +63,8 @@ pub struct Snowflake<C: Clock = SystemClock> {
     max_backwards: Duration,
     /// (last timestamp used, last sequence within it).
     state: Mutex<(u64, u64)>,
+    /// Fencing: ids are issued only while this says the worker id is still ours.
+    guard: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Snowflake<SystemClock> {
@@ -80,7 +85,15 @@ impl<C: Clock> Snowflake<C> {
             clock,
             max_backwards,
             state: Mutex::new((0, 0)),
+            guard: None,
         })
+    }
+
+    /// Issues ids only while `guard` returns true (e.g. while an etcd lease on the
+    /// worker id is alive).
+    pub fn guarded(mut self, guard: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
     }
 
     /// Never issue an id at or before `ms` (e.g. the newest timestamp persisted
@@ -94,6 +107,9 @@ impl<C: Clock> Snowflake<C> {
 
     /// The next id.
     pub fn next_id(&self) -> Result<u64, IdError> {
+        if self.guard.as_ref().is_some_and(|still_ours| !still_ours()) {
+            return Err(IdError::WorkerLeaseLost);
+        }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (last, seq) = *state;
         let mut now = self.clock.now_ms().max(EPOCH_MS);
@@ -184,6 +200,16 @@ mod tests {
         let late = Snowflake::with_clock(0, FakeClock(t.clone()), Duration::from_millis(5)).unwrap();
         late.not_before(EPOCH_MS + 9000);
         assert_eq!(late.next_id(), Err(IdError::ClockBackwards(4000)));
+    }
+
+    #[test]
+    fn a_lost_guard_stops_issuing() {
+        let ours = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = ours.clone();
+        let g = Snowflake::new(2).unwrap().guarded(move || flag.load(Ordering::SeqCst));
+        assert!(g.next_id().is_ok());
+        ours.store(false, Ordering::SeqCst);
+        assert_eq!(g.next_id(), Err(IdError::WorkerLeaseLost));
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! at `$FASTIM_BIN`; build it first (`cargo build -p fastim`, which the test script does).
 
 pub mod services;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+
+pub mod cluster;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -44,43 +45,32 @@ pub fn fastim_bin() -> PathBuf {
     bin
 }
 
-/// A running `fastim standalone`.
-pub struct Standalone {
+/// A running `fastim` server process (`standalone`, `gateway` or `logic`) that
+/// printed its ready line: `fastim <role> ready key=value ...`.
+pub struct ServerProcess {
     child: Option<Child>,
-    data: tempfile::TempDir,
+    command: String,
     args: Vec<String>,
-    /// TCP address (host:port).
-    pub tcp: String,
-    /// WebSocket URL.
-    pub ws: String,
+    /// The `key=value` pairs of the ready line.
+    pub ready: std::collections::BTreeMap<String, String>,
 }
 
-impl Standalone {
-    /// Starts a server with cheap password hashing (tests register many users) and
-    /// any extra flags.
-    pub fn start(extra: &[&str]) -> Standalone {
-        let data = tempfile::tempdir().expect("temp dir");
-        let mut args: Vec<String> = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"]
-            .map(String::from)
-            .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = Standalone {
+impl ServerProcess {
+    /// Starts `fastim <command> <args>` and waits for its ready line.
+    pub fn start(command: &str, args: Vec<String>) -> ServerProcess {
+        let mut p = ServerProcess {
             child: None,
-            data,
+            command: command.to_owned(),
             args,
-            tcp: String::new(),
-            ws: String::new(),
+            ready: Default::default(),
         };
-        server.spawn("127.0.0.1:0", "127.0.0.1:0");
-        server
+        p.spawn();
+        p
     }
 
-    fn spawn(&mut self, tcp: &str, ws: &str) {
+    fn spawn(&mut self) {
         let mut child = Command::new(fastim_bin())
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .args(["--tcp", tcp, "--ws", ws])
+            .arg(&self.command)
             .args(&self.args)
             .env(
                 "FASTIM_LOG",
@@ -89,32 +79,38 @@ impl Standalone {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start fastim standalone");
+            .unwrap_or_else(|e| panic!("start fastim {}: {e}", self.command));
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the ready line");
+        let prefix = format!("fastim {} ready ", self.command);
         let ready = line
             .trim()
-            .strip_prefix("fastim standalone ready ")
+            .strip_prefix(&prefix)
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        for part in ready.split(' ') {
-            if let Some(v) = part.strip_prefix("tcp=") {
-                self.tcp = v.to_owned();
-            } else if let Some(v) = part.strip_prefix("ws=") {
-                self.ws = v.to_owned();
-            }
-        }
+        self.ready = ready
+            .split(' ')
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
         self.child = Some(child);
     }
 
-    /// Process id of the server.
+    /// A value of the ready line.
+    pub fn get(&self, key: &str) -> String {
+        self.ready
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {key} in the ready line {:?}", self.ready))
+    }
+
+    /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("server running")
     }
 
-    /// `kill -9` the server.
+    /// `kill -9`.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -122,17 +118,21 @@ impl Standalone {
         }
     }
 
-    /// Starts the server again on the same data directory and the same ports.
-    pub fn restart(&mut self) {
+    /// Starts it again with the same arguments, replacing `from` by `to` in them
+    /// (e.g. port 0 by the port it had, to come back on the same address).
+    pub fn restart_with(&mut self, replace: &[(&str, &str)]) {
         self.kill9();
-        let (tcp, ws) = (
-            self.tcp.clone(),
-            self.ws.trim_start_matches("ws://").trim_end_matches('/').to_owned(),
-        );
-        self.spawn(&tcp, &ws);
+        for (from, to) in replace {
+            for a in self.args.iter_mut() {
+                if a == from {
+                    *a = to.to_string();
+                }
+            }
+        }
+        self.spawn();
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    /// Sends SIGTERM and waits; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let child = self.child.as_mut()?;
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
@@ -141,7 +141,12 @@ impl Standalone {
         status.code()
     }
 
-    /// Resident memory of the server in KiB.
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
         status
@@ -150,37 +155,109 @@ impl Standalone {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
     }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Registers users with raw REGISTER frames on `server`.
+pub async fn register_users(server: &str, users: &[&str]) {
+    for user in users {
+        let (mut r, mut w) = fastim_client::connection::connect(server, 1 << 20)
+            .await
+            .expect("connect");
+        let req = pb::RegisterRequest {
+            user: user.to_string(),
+            password: PASSWORD.into(),
+        };
+        w.write(&Frame::new(Cmd::Register, 1, &req)).await.expect("write");
+        let frame = r.read().await.expect("read").expect("response");
+        assert_eq!(
+            frame.command(),
+            Some(Cmd::Register),
+            "register {user}: {:?}",
+            frame.decode::<pb::Error>()
+        );
+    }
+}
+
+/// Flags that make password hashing cheap: tests register many users.
+pub const CHEAP_HASHING: [&str; 4] = ["--argon2-memory-kib", "64", "--argon2-iterations", "1"];
+
+/// A running `fastim standalone` with its own temporary data directory.
+pub struct Standalone {
+    process: ServerProcess,
+    _data: tempfile::TempDir,
+    /// TCP address (host:port).
+    pub tcp: String,
+    /// WebSocket URL.
+    pub ws: String,
+}
+
+impl Standalone {
+    /// Starts a server with cheap password hashing and any extra flags, on free ports.
+    pub fn start(extra: &[&str]) -> Standalone {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = vec!["--data-dir".into(), data.path().display().to_string()];
+        args.extend(["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0"].map(String::from));
+        args.extend(CHEAP_HASHING.map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = ServerProcess::start("standalone", args);
+        let (tcp, ws) = (process.get("tcp"), process.get("ws"));
+        Standalone {
+            process,
+            _data: data,
+            tcp,
+            ws,
+        }
+    }
+
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// `kill -9` the server.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the server again on the same data directory and the same ports.
+    pub fn restart(&mut self) {
+        let ws = self.ws.trim_start_matches("ws://").trim_end_matches('/').to_owned();
+        let tcp = self.tcp.clone();
+        // Both listeners were on port 0; the first 0 is --tcp, the second --ws.
+        let args = &mut self.process.args;
+        if let Some(i) = args.iter().position(|a| a == "--tcp") {
+            args[i + 1] = tcp;
+        }
+        if let Some(i) = args.iter().position(|a| a == "--ws") {
+            args[i + 1] = ws;
+        }
+        self.process.restart_with(&[]);
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.process.terminate()
+    }
+
+    /// Resident memory of the server in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.process.rss_kib()
+    }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        self.process.is_running()
     }
 
     /// Registers users (raw REGISTER frames).
     pub async fn register(&self, users: &[&str]) {
-        for user in users {
-            let (mut r, mut w) = fastim_client::connection::connect(&self.tcp, 1 << 20)
-                .await
-                .expect("connect");
-            let req = pb::RegisterRequest {
-                user: user.to_string(),
-                password: PASSWORD.into(),
-            };
-            w.write(&Frame::new(Cmd::Register, 1, &req)).await.expect("write");
-            let frame = r.read().await.expect("read").expect("response");
-            assert_eq!(
-                frame.command(),
-                Some(Cmd::Register),
-                "register {user}: {:?}",
-                frame.decode::<pb::Error>()
-            );
-        }
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        self.kill9();
+        register_users(&self.tcp, users).await;
     }
 }
 

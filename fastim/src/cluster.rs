@@ -1,0 +1,260 @@
+//! `fastim gateway` and `fastim logic`: the cluster-mode processes.
+//!
+//! Both find each other through etcd: a logic node registers
+//! `/fastim/logic/<id>` = its internal gRPC address; a gateway registers
+//! `/fastim/gateways/<id>` = JSON with its internal address, its client-facing
+//! addresses and its live connection count. Gateways balance logic calls over every
+//! registered logic node; logic pushes to the gateway a route names. Routes live in
+//! Redis, durable state in PostgreSQL, snowflake worker ids are leased from etcd.
+//!
+//! A dependency that is down at start is retried with backoff (and logged) until it
+//! answers; the process serves only once all of them do.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fastim_cluster::{Directory, Registration, WorkerLease};
+use fastim_gateway::Gateway;
+use fastim_gateway::remote::RemoteLogic;
+use fastim_gateway::server::{self, Listeners};
+use fastim_idgen::Snowflake;
+use fastim_logic::LogicService;
+use fastim_logic::gateways::RemoteGateways;
+use fastim_logic::routes::redis::{RedisConnection, RedisRoutes};
+use fastim_logic::store::postgres::PostgresStore;
+use fastim_proto::internal::RefreshRoutes;
+use fastim_proto::internal::gateway_server::GatewayServer;
+use fastim_proto::internal::logic_server::{Logic, LogicServer};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::cli::{GatewayArgs, LogicArgs};
+use crate::standalone::shutdown_signal;
+
+/// etcd key prefixes.
+pub const LOGIC_PREFIX: &str = "/fastim/logic/";
+pub const GATEWAY_PREFIX: &str = "/fastim/gateways/";
+const WORKER_PREFIX: &str = "/fastim/workers/";
+/// Lease TTL of registrations and worker ids.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+fn default_id(role: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{role}-{}-{}",
+        if host.is_empty() { "local" } else { &host },
+        std::process::id()
+    )
+}
+
+/// Retries `attempt` with exponential backoff until it succeeds, logging each failure.
+async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(dependency = what, error = %e, retry_in = ?delay, "not ready: waiting for a dependency");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// What a gateway publishes in etcd.
+fn gateway_record(grpc: &str, tcp: &str, ws: &str, connections: usize) -> String {
+    serde_json::json!({ "grpc": grpc, "tcp": tcp, "ws": ws, "connections": connections }).to_string()
+}
+
+/// The internal address of a gateway from its etcd record.
+fn gateway_grpc(record: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(record)
+        .ok()?
+        .get("grpc")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
+    let config = crate::config::logic(&args.logic)?;
+    let id = args.id.clone().unwrap_or_else(|| default_id("logic"));
+    let listener = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let grpc = listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
+
+    let store = retry("PostgreSQL", || {
+        PostgresStore::connect(&args.database, args.database_pool)
+    })
+    .await;
+    let redis_urls: Vec<String> = args
+        .redis
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let redis = retry("Redis", || RedisConnection::connect(&redis_urls, args.redis_cluster)).await;
+    let etcd = retry("etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let worker = retry("etcd worker id", || {
+        WorkerLease::acquire(etcd.clone(), WORKER_PREFIX, fastim_idgen::MAX_WORKER + 1, LEASE_TTL)
+    })
+    .await;
+    let worker_id = worker.id;
+    let ids = Arc::new(Snowflake::new(worker_id)?.guarded(move || worker.is_valid()));
+    let gateways = retry("etcd gateway directory", || {
+        Directory::start(etcd.clone(), GATEWAY_PREFIX)
+    })
+    .await;
+    let resolver = Box::new(move |gateway: &str| gateways.get(gateway).as_deref().and_then(gateway_grpc));
+    let routes = RedisRoutes::new(redis, Duration::from_secs(args.route_ttl_secs));
+    let logic = LogicService::new(
+        config,
+        Arc::new(store),
+        ids,
+        Arc::new(routes),
+        Arc::new(RemoteGateways::new(resolver)),
+    );
+
+    let key = format!("{LOGIC_PREFIX}{id}");
+    let registration = retry("etcd registration", || {
+        Registration::start(etcd.clone(), key.clone(), advertise.clone(), LEASE_TTL)
+    })
+    .await;
+    tracing::info!(%id, %grpc, worker_id, "fastim logic started");
+    println!("fastim logic ready grpc={grpc} id={id} worker={worker_id}");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let shutdown = async {
+        shutdown_signal().await;
+        registration.stop().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(LogicServer::from_arc(logic.clone()))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("logic gRPC server")?;
+    logic.flush().await;
+    tracing::info!("fastim logic stopped");
+    Ok(0)
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
+    let id = args.id.clone().unwrap_or_else(|| default_id("gateway"));
+    let config = crate::config::gateway(&id, &args.gateway)?;
+    let grpc_listener = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let grpc = grpc_listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
+
+    let etcd = retry("etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let logic_nodes = retry("etcd logic directory", || Directory::start(etcd.clone(), LOGIC_PREFIX)).await;
+    let (remote, mut endpoints) = RemoteLogic::balanced();
+    endpoints.set(logic_nodes.all().into_values()).await;
+    if endpoints.is_empty() {
+        tracing::warn!("no logic node registered yet: logins fail with UNAVAILABLE until one is");
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            endpoints.set(logic_nodes.all().into_values()).await;
+        }
+    });
+
+    let gateway = Gateway::new(config, Arc::new(remote.clone()));
+    let listeners = Listeners::bind(&gateway).await?;
+    let tcp = listeners
+        .tcp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let ws = listeners
+        .ws
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("ws://{a}/"))
+        .unwrap_or_default();
+    let public_tcp = args.public_tcp.clone().unwrap_or_else(|| tcp.clone());
+
+    let key = format!("{GATEWAY_PREFIX}{id}");
+    let record = gateway_record(&advertise, &public_tcp, &ws, 0);
+    let registration = retry("etcd registration", || {
+        Registration::start(etcd.clone(), key.clone(), record.clone(), LEASE_TTL)
+    })
+    .await;
+    let registration = Arc::new(registration);
+    // Publish the live connection count (the LSB and autoscaling read it).
+    let publisher = {
+        let (gateway, registration, advertise, public_tcp, ws) = (
+            gateway.clone(),
+            registration.clone(),
+            advertise.clone(),
+            public_tcp.clone(),
+            ws.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                registration.update(gateway_record(&advertise, &public_tcp, &ws, gateway.connection_count()));
+            }
+        })
+    };
+    // Re-announce our devices: refreshes route TTLs and rebuilds routes after a Redis restart.
+    let refresher = {
+        let (gateway, id, every) = (
+            gateway.clone(),
+            id.clone(),
+            Duration::from_secs(args.route_refresh_secs.max(1)),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let devices = gateway.registry.devices();
+                if devices.is_empty() {
+                    continue;
+                }
+                let request = tonic::Request::new(RefreshRoutes {
+                    gateway_id: id.clone(),
+                    devices,
+                });
+                if let Err(e) = remote.refresh(request).await {
+                    tracing::warn!(error = %e, "route refresh failed; retried next round");
+                }
+            }
+        })
+    };
+    let grpc_server = {
+        let gateway = gateway.clone();
+        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::from_arc(gateway))
+                .serve_with_incoming(incoming)
+                .await
+        })
+    };
+    tracing::info!(%id, %tcp, %ws, %grpc, "fastim gateway started");
+    println!("fastim gateway ready tcp={tcp} ws={ws} grpc={grpc} id={id}");
+    let shutdown = async {
+        shutdown_signal().await;
+        // Leave the registry first: no new clients are sent here while we drain.
+        publisher.abort();
+        if let Ok(registration) = Arc::try_unwrap(registration) {
+            registration.stop().await;
+        }
+    };
+    server::serve(gateway, listeners, shutdown).await;
+    refresher.abort();
+    grpc_server.abort();
+    tracing::info!("fastim gateway stopped");
+    Ok(0)
+}
