@@ -26,6 +26,7 @@
 
 pub mod connection;
 pub mod delivery;
+pub mod lsb;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -89,6 +90,11 @@ impl ClientError {
 pub struct ClientConfig {
     /// Servers to try in turn: `host:port` (TCP) or `ws://host:port/` (WebSocket).
     pub servers: Vec<String>,
+    /// An LSB (`http://host:port`): when set, each connect asks it for the least
+    /// loaded gateway first, and falls back to `servers` when it cannot answer.
+    pub lsb: Option<String>,
+    /// With an LSB: connect over WebSocket rather than TCP.
+    pub prefer_websocket: bool,
     /// User name.
     pub user: String,
     /// Password (used for the first login and when the token stops working).
@@ -119,6 +125,8 @@ impl ClientConfig {
     pub fn new(server: &str, user: &str, password: &str) -> ClientConfig {
         ClientConfig {
             servers: vec![server.to_owned()],
+            lsb: None,
+            prefer_websocket: false,
             user: user.to_owned(),
             password: password.to_owned(),
             device_kind: DeviceKind::Mobile,
@@ -199,7 +207,7 @@ impl Client {
     /// the client with its event stream. Fails at once on a wrong password or when
     /// no server is reachable.
     pub async fn connect(config: ClientConfig) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
-        if config.servers.is_empty() {
+        if config.servers.is_empty() && config.lsb.is_none() {
             return Err(ClientError::Unreachable("no server address given".into()));
         }
         let (events, rx) = mpsc::unbounded_channel();
@@ -218,7 +226,7 @@ impl Client {
         });
         let mut last_error = None;
         let mut session = None;
-        for (i, _) in shared.config.servers.iter().enumerate() {
+        for i in 0..shared.config.servers.len().max(1) {
             match shared.establish(i).await {
                 Ok(s) => {
                     session = Some((i, s));
@@ -434,7 +442,15 @@ impl Shared {
 
     /// Connects to server `index` and logs in (token first if we have one).
     async fn establish(&self, index: usize) -> Result<Session, ClientError> {
-        let server = &self.config.servers[index % self.config.servers.len()];
+        let from_lsb = match &self.config.lsb {
+            Some(lsb) => lsb::best_gateway(lsb, self.config.prefer_websocket).await,
+            None => None,
+        };
+        let server = match (&from_lsb, self.config.servers.is_empty()) {
+            (Some(server), _) => server,
+            (None, true) => return Err(ClientError::Unreachable("the LSB gave no gateway".into())),
+            (None, false) => &self.config.servers[index % self.config.servers.len()],
+        };
         let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match self.login(server, &token).await {
             Err(ClientError::Server(e)) if !token.is_empty() && e.code() == ErrorCode::AuthFailed => {

@@ -28,6 +28,8 @@ pub enum Command {
     Gateway(GatewayArgs),
     /// Run a logic node (accounts, chat, storage) of a cluster.
     Logic(LogicArgs),
+    /// Run the LSB: tells clients which gateway to connect to (least connections first).
+    Lsb(LsbArgs),
     /// Register a user (password from FASTIM_PASSWORD).
     Register(ClientArgs),
     /// Send one message and exit 0 once the server acknowledged it.
@@ -46,7 +48,10 @@ pub enum Command {
 
 impl Command {
     pub fn is_server(&self) -> bool {
-        matches!(self, Command::Standalone(_) | Command::Gateway(_) | Command::Logic(_))
+        matches!(
+            self,
+            Command::Standalone(_) | Command::Gateway(_) | Command::Logic(_) | Command::Lsb(_)
+        )
     }
 
     pub async fn run(self) -> anyhow::Result<i32> {
@@ -54,6 +59,7 @@ impl Command {
             Command::Standalone(args) => crate::standalone::run(args).await,
             Command::Gateway(args) => crate::cluster::gateway(args).await,
             Command::Logic(args) => crate::cluster::logic(args).await,
+            Command::Lsb(args) => crate::cluster::lsb(args).await,
             Command::Register(args) => crate::commands::register(args).await,
             Command::Send(args) => crate::commands::send(args).await,
             Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
@@ -149,11 +155,25 @@ pub struct GatewayArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
     pub etcd: String,
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FASTIM_HTTP", default_value = "127.0.0.1:7080")]
+    pub http: SocketAddr,
     /// Seconds between announcements of this gateway's devices to logic (route refresh).
     #[arg(long, env = "FASTIM_ROUTE_REFRESH_SECS", default_value_t = 20)]
     pub route_refresh_secs: u64,
     #[command(flatten)]
     pub gateway: GatewayFlags,
+}
+
+/// `fastim lsb`: which gateway a client should connect to.
+#[derive(Args, Debug, Clone)]
+pub struct LsbArgs {
+    /// HTTP listen address: GET /v1/gateway (the least loaded), /v1/gateways (all), /healthz, /readyz.
+    #[arg(long, env = "FASTIM_HTTP", default_value = "127.0.0.1:7070")]
+    pub http: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
 }
 
 /// `fastim logic`: accounts, chat and storage, in a cluster.
@@ -168,6 +188,9 @@ pub struct LogicArgs {
     /// Internal address gateways use to reach this node (default: the bound --grpc address).
     #[arg(long, env = "FASTIM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FASTIM_HTTP", default_value = "127.0.0.1:7090")]
+    pub http: SocketAddr,
     /// PostgreSQL connection string (libpq style or postgres:// URL).
     #[arg(
         long,

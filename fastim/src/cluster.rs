@@ -30,7 +30,8 @@ use fastim_proto::internal::logic_server::{Logic, LogicServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::cli::{GatewayArgs, LogicArgs};
+use crate::cli::{GatewayArgs, LogicArgs, LsbArgs};
+use crate::http::{self, Readiness, Reply};
 use crate::standalone::shutdown_signal;
 
 /// etcd key prefixes.
@@ -51,11 +52,14 @@ fn default_id(role: &str) -> String {
     )
 }
 
-/// Retries `attempt` with exponential backoff until it succeeds, logging each failure.
+/// Retries `attempt` with exponential backoff until it succeeds, logging each
+/// failure and reporting what it waits for on `/readyz`.
 async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    ready: &Readiness,
     what: &str,
     mut attempt: impl FnMut() -> F,
 ) -> T {
+    ready.set_waiting(what);
     let mut delay = Duration::from_millis(200);
     loop {
         match attempt().await {
@@ -91,8 +95,20 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
     let grpc = listener.local_addr()?;
     let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
+    let ready = Readiness::waiting("starting");
+    let http_listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
+    let http_addr = http_listener.local_addr()?;
+    let health = ready.clone();
+    let _http = http::spawn(
+        http_listener,
+        Arc::new(move |path: &str| health.answer(path).unwrap_or_else(|| Reply::text(404, "not found\n"))),
+    );
+    // Scripts and tests learn the HTTP port before the dependencies are up.
+    println!("fastim logic listening http={http_addr}");
 
-    let store = retry("PostgreSQL", || {
+    let store = retry(&ready, "PostgreSQL", || {
         PostgresStore::connect(&args.database, args.database_pool)
     })
     .await;
@@ -102,15 +118,18 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect();
-    let redis = retry("Redis", || RedisConnection::connect(&redis_urls, args.redis_cluster)).await;
-    let etcd = retry("etcd", || fastim_cluster::connect(&args.etcd)).await;
-    let worker = retry("etcd worker id", || {
+    let redis = retry(&ready, "Redis", || {
+        RedisConnection::connect(&redis_urls, args.redis_cluster)
+    })
+    .await;
+    let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let worker = retry(&ready, "etcd worker id", || {
         WorkerLease::acquire(etcd.clone(), WORKER_PREFIX, fastim_idgen::MAX_WORKER + 1, LEASE_TTL)
     })
     .await;
     let worker_id = worker.id;
     let ids = Arc::new(Snowflake::new(worker_id)?.guarded(move || worker.is_valid()));
-    let gateways = retry("etcd gateway directory", || {
+    let gateways = retry(&ready, "etcd gateway directory", || {
         Directory::start(etcd.clone(), GATEWAY_PREFIX)
     })
     .await;
@@ -125,12 +144,13 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
     );
 
     let key = format!("{LOGIC_PREFIX}{id}");
-    let registration = retry("etcd registration", || {
+    let registration = retry(&ready, "etcd registration", || {
         Registration::start(etcd.clone(), key.clone(), advertise.clone(), LEASE_TTL)
     })
     .await;
+    ready.set_ready();
     tracing::info!(%id, %grpc, worker_id, "fastim logic started");
-    println!("fastim logic ready grpc={grpc} id={id} worker={worker_id}");
+    println!("fastim logic ready grpc={grpc} http={http_addr} id={id} worker={worker_id}");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let shutdown = async {
         shutdown_signal().await;
@@ -154,9 +174,33 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
     let grpc = grpc_listener.local_addr()?;
     let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
+    let ready = Readiness::waiting("starting");
+    let http_listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
+    let http_addr = http_listener.local_addr()?;
+    let gateway_cell: Arc<std::sync::OnceLock<Arc<Gateway>>> = Arc::default();
+    let (health, cell) = (ready.clone(), gateway_cell.clone());
+    let _http = http::spawn(
+        http_listener,
+        Arc::new(move |path: &str| {
+            if let Some(reply) = health.answer(path) {
+                return reply;
+            }
+            match (path, cell.get()) {
+                ("/metrics", Some(gateway)) => Reply::text(200, gateway_metrics(gateway)),
+                ("/metrics", None) => Reply::text(200, String::new()),
+                _ => Reply::text(404, "not found\n"),
+            }
+        }),
+    );
+    println!("fastim gateway listening http={http_addr}");
 
-    let etcd = retry("etcd", || fastim_cluster::connect(&args.etcd)).await;
-    let logic_nodes = retry("etcd logic directory", || Directory::start(etcd.clone(), LOGIC_PREFIX)).await;
+    let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let logic_nodes = retry(&ready, "etcd logic directory", || {
+        Directory::start(etcd.clone(), LOGIC_PREFIX)
+    })
+    .await;
     let (remote, mut endpoints) = RemoteLogic::balanced();
     endpoints.set(logic_nodes.all().into_values()).await;
     if endpoints.is_empty() {
@@ -170,6 +214,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
     });
 
     let gateway = Gateway::new(config, Arc::new(remote.clone()));
+    let _ = gateway_cell.set(gateway.clone());
     let listeners = Listeners::bind(&gateway).await?;
     let tcp = listeners
         .tcp
@@ -187,7 +232,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
 
     let key = format!("{GATEWAY_PREFIX}{id}");
     let record = gateway_record(&advertise, &public_tcp, &ws, 0);
-    let registration = retry("etcd registration", || {
+    let registration = retry(&ready, "etcd registration", || {
         Registration::start(etcd.clone(), key.clone(), record.clone(), LEASE_TTL)
     })
     .await;
@@ -242,10 +287,13 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
                 .await
         })
     };
+    ready.set_ready();
     tracing::info!(%id, %tcp, %ws, %grpc, "fastim gateway started");
-    println!("fastim gateway ready tcp={tcp} ws={ws} grpc={grpc} id={id}");
+    println!("fastim gateway ready tcp={tcp} ws={ws} grpc={grpc} http={http_addr} id={id}");
     let shutdown = async {
         shutdown_signal().await;
+        // Not ready from the first moment of the drain: load balancers stop sending.
+        ready.set_waiting("draining");
         // Leave the registry first: no new clients are sent here while we drain.
         publisher.abort();
         if let Ok(registration) = Arc::try_unwrap(registration) {
@@ -257,4 +305,92 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
     grpc_server.abort();
     tracing::info!("fastim gateway stopped");
     Ok(0)
+}
+
+/// Prometheus text for a gateway.
+fn gateway_metrics(gateway: &Gateway) -> String {
+    format!(
+        "# HELP fastim_gateway_connections Client connections open on this gateway.\n\
+         # TYPE fastim_gateway_connections gauge\n\
+         fastim_gateway_connections{{gateway=\"{}\"}} {}\n",
+        gateway.config.id,
+        gateway.connection_count()
+    )
+}
+
+/// The gateways of the registry, least connections first (ties by id, so clients of
+/// one instant spread in a stable order).
+pub fn rank_gateways(entries: &std::collections::BTreeMap<String, String>) -> Vec<serde_json::Value> {
+    let mut gateways: Vec<serde_json::Value> = entries
+        .iter()
+        .filter_map(|(id, record)| {
+            let mut v: serde_json::Value = serde_json::from_str(record).ok()?;
+            v["id"] = id.clone().into();
+            Some(v)
+        })
+        .collect();
+    gateways.sort_by_key(|g| {
+        (
+            g["connections"].as_u64().unwrap_or(u64::MAX),
+            g["id"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    gateways
+}
+
+pub async fn lsb(args: LsbArgs) -> anyhow::Result<i32> {
+    let ready = Readiness::waiting("starting");
+    let listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
+    let http_addr = listener.local_addr()?;
+    let directory: Arc<std::sync::OnceLock<Directory>> = Arc::default();
+    let (health, dir) = (ready.clone(), directory.clone());
+    let _http = http::spawn(
+        listener,
+        Arc::new(move |path: &str| {
+            if let Some(reply) = health.answer(path) {
+                return reply;
+            }
+            let ranked = dir.get().map(|d| rank_gateways(&d.all())).unwrap_or_default();
+            match path {
+                "/v1/gateway" => match ranked.first() {
+                    Some(best) => Reply::json(200, best.to_string()),
+                    None => Reply::text(503, "no gateway registered\n"),
+                },
+                "/v1/gateways" => Reply::json(200, serde_json::Value::from(ranked).to_string()),
+                _ => Reply::text(404, "not found\n"),
+            }
+        }),
+    );
+    println!("fastim lsb listening http={http_addr}");
+    let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let gateways = retry(&ready, "etcd gateway directory", || {
+        Directory::start(etcd.clone(), GATEWAY_PREFIX)
+    })
+    .await;
+    let _ = directory.set(gateways);
+    ready.set_ready();
+    println!("fastim lsb ready http={http_addr}");
+    shutdown_signal().await;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsb_ranks_least_connections_first() {
+        let mut entries = std::collections::BTreeMap::new();
+        entries.insert("b".to_string(), gateway_record("g:1", "t:1", "w:1", 7));
+        entries.insert("a".to_string(), gateway_record("g:2", "t:2", "w:2", 3));
+        entries.insert("c".to_string(), gateway_record("g:3", "t:3", "w:3", 3));
+        entries.insert("broken".to_string(), "not json".to_string());
+        let ranked = rank_gateways(&entries);
+        let ids: Vec<&str> = ranked.iter().map(|g| g["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec!["a", "c", "b"]);
+        assert_eq!(ranked[0]["tcp"], "t:2");
+        assert_eq!(gateway_grpc(&entries["b"]).as_deref(), Some("g:1"));
+    }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod commands;
 mod config;
+mod http;
 mod standalone;
 
 use clap::Parser;

@@ -59,6 +59,8 @@ impl Cluster {
             self.redis.url(),
             "--etcd".into(),
             self.etcd.endpoint(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(CHEAP_HASHING.map(String::from));
         args
@@ -76,7 +78,19 @@ impl Cluster {
     pub fn add_gateway(&mut self) -> &mut ServerProcess {
         let id = format!("gateway-{}", self.gateways.len());
         let mut args: Vec<String> = vec!["--id".into(), id];
-        args.extend(["--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--grpc", "127.0.0.1:0"].map(String::from));
+        args.extend(
+            [
+                "--tcp",
+                "127.0.0.1:0",
+                "--ws",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ]
+            .map(String::from),
+        );
         args.extend(["--etcd".to_string(), self.etcd.endpoint()]);
         args.extend(self.extra_gateway_args.iter().cloned());
         self.gateways.push(ServerProcess::start("gateway", args));

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 pub mod cluster;
+pub mod http;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ pub fn fastim_bin() -> PathBuf {
 /// printed its ready line: `fastim <role> ready key=value ...`.
 pub struct ServerProcess {
     child: Option<Child>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
     command: String,
     args: Vec<String>,
     /// The `key=value` pairs of the ready line.
@@ -58,8 +60,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `fastim <command> <args>` and waits for its ready line.
     pub fn start(command: &str, args: Vec<String>) -> ServerProcess {
+        let mut p = ServerProcess::start_unready(command, args);
+        p.wait_ready();
+        p
+    }
+
+    /// Starts `fastim <command> <args>` without waiting for readiness (servers with
+    /// an HTTP port print `fastim <command> listening http=...` first).
+    pub fn start_unready(command: &str, args: Vec<String>) -> ServerProcess {
         let mut p = ServerProcess {
             child: None,
+            stdout: None,
             command: command.to_owned(),
             args,
             ready: Default::default(),
@@ -80,21 +91,34 @@ impl ServerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("start fastim {}: {e}", self.command));
-        let stdout = child.stdout.take().expect("stdout");
+        self.stdout = child.stdout.take().map(BufReader::new);
+        self.child = Some(child);
+        self.ready.clear();
+        if self.command != "standalone" {
+            self.read_line("listening");
+        }
+    }
+
+    /// Reads the next stdout line, which must be `fastim <command> <what> k=v ...`.
+    fn read_line(&mut self, what: &str) {
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the ready line");
-        let prefix = format!("fastim {} ready ", self.command);
-        let ready = line
+        let stdout = self.stdout.as_mut().expect("stdout");
+        stdout.read_line(&mut line).expect("read a line of the server's stdout");
+        let prefix = format!("fastim {} {what} ", self.command);
+        let values = line
             .trim()
             .strip_prefix(&prefix)
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        self.ready = ready
-            .split(' ')
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        self.child = Some(child);
+            .unwrap_or_else(|| panic!("expected {prefix:?}..., got {line:?}"));
+        self.ready.extend(
+            values
+                .split(' ')
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned()))),
+        );
+    }
+
+    /// Waits for the ready line.
+    pub fn wait_ready(&mut self) {
+        self.read_line("ready");
     }
 
     /// A value of the ready line.
@@ -118,18 +142,19 @@ impl ServerProcess {
         }
     }
 
-    /// Starts it again with the same arguments, replacing `from` by `to` in them
-    /// (e.g. port 0 by the port it had, to come back on the same address).
-    pub fn restart_with(&mut self, replace: &[(&str, &str)]) {
+    /// Starts it again with the same arguments, and waits until it is ready.
+    pub fn restart(&mut self) {
         self.kill9();
-        for (from, to) in replace {
-            for a in self.args.iter_mut() {
-                if a == from {
-                    *a = to.to_string();
-                }
-            }
-        }
         self.spawn();
+        self.wait_ready();
+    }
+
+    /// Sets the value of a flag for the next (re)start.
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) => self.args[i + 1] = value.to_owned(),
+            None => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
     }
 
     /// Sends SIGTERM and waits; returns the exit code.
@@ -228,16 +253,9 @@ impl Standalone {
     /// Starts the server again on the same data directory and the same ports.
     pub fn restart(&mut self) {
         let ws = self.ws.trim_start_matches("ws://").trim_end_matches('/').to_owned();
-        let tcp = self.tcp.clone();
-        // Both listeners were on port 0; the first 0 is --tcp, the second --ws.
-        let args = &mut self.process.args;
-        if let Some(i) = args.iter().position(|a| a == "--tcp") {
-            args[i + 1] = tcp;
-        }
-        if let Some(i) = args.iter().position(|a| a == "--ws") {
-            args[i + 1] = ws;
-        }
-        self.process.restart_with(&[]);
+        self.process.set_arg("--tcp", &self.tcp.clone());
+        self.process.set_arg("--ws", &ws);
+        self.process.restart();
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
