@@ -242,6 +242,9 @@ pub struct ClientArgs {
     /// Server address: host:port (TCP) or ws://host:port/ (WebSocket); comma-separated to try several.
     #[arg(long, env = "FASTIM_SERVER", default_value = "127.0.0.1:7000")]
     pub server: String,
+    /// Ask this LSB (http://host:port) for the least loaded gateway first.
+    #[arg(long, env = "FASTIM_LSB")]
+    pub lsb: Option<String>,
     /// User name.
     #[arg(long, env = "FASTIM_USER")]
     pub user: String,

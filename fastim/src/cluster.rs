@@ -89,6 +89,8 @@ fn gateway_grpc(record: &str) -> Option<String> {
 
 pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
     let config = crate::config::logic(&args.logic)?;
+    // A malformed url is a configuration error, not an outage to wait out.
+    fastim_logic::store::postgres::parse_url(&args.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
     let id = args.id.clone().unwrap_or_else(|| default_id("logic"));
     let listener = TcpListener::bind(args.grpc)
         .await

@@ -26,6 +26,7 @@ fn config(args: &ClientArgs, kind: DeviceKind, receive: bool) -> anyhow::Result<
         .collect();
     config.device_kind = kind;
     config.receive = receive;
+    config.lsb = args.lsb.clone();
     Ok(config)
 }
 

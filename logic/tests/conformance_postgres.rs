@@ -95,3 +95,14 @@ async fn two_nodes_racing_one_idempotency_key_store_it_once() {
         .unwrap();
     assert_eq!(next.message.seq, 2, "no sequence number was burnt by the duplicates");
 }
+
+/// A mangled connection string is refused, not guessed at.
+#[tokio::test]
+async fn mangled_connection_strings_are_refused() {
+    let url = "host=127.0.0.1,port=1,user=postgres,dbname=x";
+    match PostgresStore::connect(url, 2).await {
+        Err(fastim_logic::store::StoreError::Unavailable(message)) => assert!(message.contains("mangled"), "{message}"),
+        Err(other) => panic!("unexpected error {other:?}"),
+        Ok(_) => panic!("accepted {url}"),
+    }
+}

@@ -51,9 +51,7 @@ impl PostgresStore {
     /// Connects (`url`: a libpq-style string or `postgres://` URL), applies migrations,
     /// and starts the writer. Fails with `Unavailable` when the server cannot be reached.
     pub async fn connect(url: &str, pool_size: usize) -> StoreResult<PostgresStore> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+        let mut config = parse_url(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
         }
@@ -85,6 +83,26 @@ impl PostgresStore {
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(unavailable)
     }
+}
+
+/// Parses and checks a connection string (libpq `key=value ...` or a `postgres://`
+/// URL); the error says what is wrong with it.
+pub fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Unavailable(format!("invalid database url: {e}")))?;
+    for host in config.get_hosts() {
+        if let tokio_postgres::config::Host::Tcp(name) = host
+            && (name.contains('=') || name.contains(' '))
+        {
+            // "host=a,port=5,..." parses as a host list; refuse instead of guessing.
+            return Err(StoreError::Unavailable(format!(
+                "invalid database url: host {name:?} looks like a mangled connection string \
+                 (separate key=value pairs with spaces, or use postgres://user@host:port/db)"
+            )));
+        }
+    }
+    Ok(config)
 }
 
 async fn migrate(pool: &Pool) -> StoreResult<()> {
