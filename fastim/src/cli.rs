@@ -30,6 +30,8 @@ pub enum Command {
     Logic(LogicArgs),
     /// Run the LSB: tells clients which gateway to connect to (least connections first).
     Lsb(LsbArgs),
+    /// Run an ID allocator: segment ids from etcd counters and snowflake ids.
+    Idgen(IdgenArgs),
     /// Register a user (password from FASTIM_PASSWORD).
     Register(ClientArgs),
     /// Send one message and exit 0 once the server acknowledged it.
@@ -60,6 +62,7 @@ impl Command {
             Command::Gateway(args) => crate::cluster::gateway(args).await,
             Command::Logic(args) => crate::cluster::logic(args).await,
             Command::Lsb(args) => crate::cluster::lsb(args).await,
+            Command::Idgen(args) => crate::cluster::idgen(args).await,
             Command::Register(args) => crate::commands::register(args).await,
             Command::Send(args) => crate::commands::send(args).await,
             Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
@@ -171,6 +174,29 @@ pub struct LsbArgs {
     /// HTTP listen address: GET /v1/gateway (the least loaded), /v1/gateways (all), /healthz, /readyz.
     #[arg(long, env = "FASTIM_HTTP", default_value = "127.0.0.1:7070")]
     pub http: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+}
+
+/// `fastim idgen`: unique ids for the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct IdgenArgs {
+    /// Unique id of this allocator (default: idgen-<hostname>-<pid>).
+    #[arg(long, env = "FASTIM_ID")]
+    pub id: Option<String>,
+    /// gRPC listen address of the IdAllocator service.
+    #[arg(long, env = "FASTIM_GRPC", default_value = "127.0.0.1:7030")]
+    pub grpc: SocketAddr,
+    /// Address published in etcd (default: the bound --grpc address).
+    #[arg(long, env = "FASTIM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP address for /healthz and /readyz.
+    #[arg(long, env = "FASTIM_HTTP", default_value = "127.0.0.1:7095")]
+    pub http: SocketAddr,
+    /// Ids per segment taken from etcd at a time.
+    #[arg(long, env = "FASTIM_SEGMENT_SIZE", default_value_t = 1000)]
+    pub segment_size: u64,
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
     pub etcd: String,

@@ -30,13 +30,15 @@ use fastim_proto::internal::logic_server::{Logic, LogicServer};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::cli::{GatewayArgs, LogicArgs, LsbArgs};
+use crate::cli::{GatewayArgs, IdgenArgs, LogicArgs, LsbArgs};
 use crate::http::{self, Readiness, Reply};
 use crate::standalone::shutdown_signal;
 
 /// etcd key prefixes.
 pub const LOGIC_PREFIX: &str = "/fastim/logic/";
 pub const GATEWAY_PREFIX: &str = "/fastim/gateways/";
+pub const IDGEN_PREFIX: &str = "/fastim/idgen/";
+const SEGMENT_PREFIX: &str = "/fastim/segments/";
 const WORKER_PREFIX: &str = "/fastim/workers/";
 /// Lease TTL of registrations and worker ids.
 const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -318,6 +320,65 @@ fn gateway_metrics(gateway: &Gateway) -> String {
         gateway.config.id,
         gateway.connection_count()
     )
+}
+
+/// Binds the HTTP port of a process that only answers /healthz and /readyz, and
+/// prints the `listening` line.
+async fn health_only(role: &str, addr: std::net::SocketAddr) -> anyhow::Result<(Readiness, std::net::SocketAddr)> {
+    let ready = Readiness::waiting("starting");
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--http: cannot listen on {addr}"))?;
+    let http_addr = listener.local_addr()?;
+    let health = ready.clone();
+    // Detached: it lives as long as the process.
+    drop(http::spawn(
+        listener,
+        Arc::new(move |path: &str| health.answer(path).unwrap_or_else(|| Reply::text(404, "not found\n"))),
+    ));
+    println!("fastim {role} listening http={http_addr}");
+    Ok((ready, http_addr))
+}
+
+pub async fn idgen(args: IdgenArgs) -> anyhow::Result<i32> {
+    let id = args.id.clone().unwrap_or_else(|| default_id("idgen"));
+    let listener = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let grpc = listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
+    let (ready, http_addr) = health_only("idgen", args.http).await?;
+    let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
+    let worker = retry(&ready, "etcd worker id", || {
+        WorkerLease::acquire(etcd.clone(), WORKER_PREFIX, fastim_idgen::MAX_WORKER + 1, LEASE_TTL)
+    })
+    .await;
+    let worker_id = worker.id;
+    let service = fastim_idgen::service::IdService {
+        segments: fastim_idgen::segment::SegmentAllocator::new(etcd.clone(), SEGMENT_PREFIX, args.segment_size),
+        snowflake: Arc::new(Snowflake::new(worker_id)?.guarded(move || worker.is_valid())),
+    };
+    let key = format!("{IDGEN_PREFIX}{id}");
+    let registration = retry(&ready, "etcd registration", || {
+        Registration::start(etcd.clone(), key.clone(), advertise.clone(), LEASE_TTL)
+    })
+    .await;
+    ready.set_ready();
+    tracing::info!(%id, %grpc, worker_id, "fastim idgen started");
+    println!("fastim idgen ready grpc={grpc} http={http_addr} id={id} worker={worker_id}");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let shutdown = async {
+        shutdown_signal().await;
+        registration.stop().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(fastim_proto::internal::id_allocator_server::IdAllocatorServer::new(
+            service,
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("idgen gRPC server")?;
+    Ok(0)
 }
 
 /// The gateways of the registry, least connections first (ties by id, so clients of

@@ -9,7 +9,14 @@
 //! The generator refuses to issue ids while the clock is behind the last issued
 //! timestamp by more than a bound, and waits out smaller steps back, so it never
 //! issues a duplicate because of a clock adjustment.
+//!
+//! [`segment`] hands out dense per-tag ids from counters in etcd, a segment at a
+//! time with the next one prefetched; [`service`] serves both kinds over gRPC
+//! (`fastim idgen`).
 #![forbid(unsafe_code)]
+
+pub mod segment;
+pub mod service;
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
