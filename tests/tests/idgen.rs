@@ -66,13 +66,13 @@ async fn ids_stay_unique_while_allocators_are_killed_and_restarted() {
     }
     // Kill -9 and restart each allocator in turn while the hammers run.
     for round in 0..2 {
-        for i in 0..3 {
+        for (i, allocator) in allocators.iter_mut().enumerate() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             tokio::task::block_in_place(|| {
-                allocators[i].kill9();
-                allocators[i] = start(i + 3 * (round + 1));
+                allocator.kill9();
+                *allocator = start(i + 3 * (round + 1));
             });
-            addrs.lock().unwrap()[i] = allocators[i].get("grpc");
+            addrs.lock().unwrap()[i] = allocator.get("grpc");
         }
     }
     let (mut segments, mut snowflakes, mut served) = (HashSet::new(), HashSet::new(), 0usize);
