@@ -7,6 +7,10 @@
 //! - [`Directory`]: a live copy of every key under a prefix (list, then watch; a
 //!   broken watch is re-listed). Logic finds gateways through it, gateways find logic
 //!   nodes, the LSB ranks gateways by connection count.
+//! - [`Leadership`]: leader election through etcd's election API, for singleton
+//!   jobs. The leader's fencing token is the revision at which it won; it stops
+//!   acting when its lease-based validity ends, which is before etcd can elect a
+//!   successor, and stores check the token so a stale leader's work cannot commit.
 //! - [`WorkerLease`]: a snowflake worker id held under a lease, with fencing: once
 //!   the lease is lost, [`WorkerLease::is_valid`] turns false before any other process
 //!   can take the id, and the holder must stop issuing ids.
@@ -18,7 +22,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, ResignOptions, Txn,
+    TxnOp, WatchOptions,
 };
 use tokio::sync::watch;
 
@@ -35,6 +40,9 @@ pub enum ClusterError {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, ClusterError>;
+
+/// The etcd client these helpers take.
+pub use etcd_client::Client as EtcdClient;
 
 /// Connects to etcd (`http://host:port`, comma-separated endpoints) with short timeouts.
 pub async fn connect(endpoints: &str) -> Result<Client> {
@@ -261,6 +269,73 @@ async fn follow(mut client: Client, prefix: String, entries: Arc<RwLock<BTreeMap
                 Err(e) => tracing::warn!(%prefix, error = %e, "etcd unavailable; retrying"),
             }
         }
+    }
+}
+
+/// Leadership of an etcd election, held under a lease.
+pub struct Leadership {
+    /// Fencing token: the revision at which this leadership was won; a later
+    /// leader always has a larger one.
+    pub token: i64,
+    valid_until: watch::Receiver<Instant>,
+    leader: LeaderKey,
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Campaigns in `election` until this process leads (it may wait for a long time).
+    pub async fn campaign(client: Client, election: &str, value: &str, ttl: Duration) -> Result<Leadership> {
+        let mut client = client;
+        let ttl_secs = ttl.as_secs().max(2) as i64;
+        let lease = client.lease_grant(ttl_secs, None).await?.id();
+        let margin = Duration::from_secs(ttl_secs as u64) / 3;
+        // Keep the lease alive while waiting to lead, and after.
+        let (tx, rx) = watch::channel(Instant::now() + Duration::from_secs(ttl_secs as u64) - margin);
+        let task = tokio::spawn(keep_worker(client.clone(), lease, ttl_secs, margin, tx));
+        let won = client.campaign(election, value, lease).await;
+        let won = match won {
+            Ok(won) => won,
+            Err(e) => {
+                task.abort();
+                let _ = client.lease_revoke(lease).await;
+                return Err(e.into());
+            }
+        };
+        let Some(leader) = won.leader().cloned() else {
+            task.abort();
+            return Err(ClusterError::Etcd(etcd_client::Error::ElectError(
+                "no leader key in the answer".into(),
+            )));
+        };
+        Ok(Leadership {
+            token: leader.rev(),
+            valid_until: rx,
+            leader,
+            client,
+            task,
+        })
+    }
+
+    /// Whether this process may still act as the leader. Once false it stays false.
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < *self.valid_until.borrow()
+    }
+
+    /// Gives the leadership up now.
+    pub async fn resign(self) {
+        self.task.abort();
+        let mut client = self.client.clone();
+        let _ = client
+            .resign(Some(ResignOptions::new().with_leader(self.leader.clone())))
+            .await;
+        let _ = client.lease_revoke(self.leader.lease()).await;
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

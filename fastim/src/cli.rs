@@ -236,6 +236,12 @@ pub struct LogicArgs {
     /// Seconds a route lives without a refresh from its gateway.
     #[arg(long, env = "FASTIM_ROUTE_TTL_SECS", default_value_t = 90)]
     pub route_ttl_secs: u64,
+    /// Milliseconds between runs of the singleton jobs (session purge) on the elected leader.
+    #[arg(long, env = "FASTIM_JOBS_INTERVAL_MS", default_value_t = 60_000)]
+    pub jobs_interval_ms: u64,
+    /// Lease TTL of the jobs leadership, in seconds: a dead leader is replaced after about this long.
+    #[arg(long, env = "FASTIM_LEADER_TTL_SECS", default_value_t = 10)]
+    pub leader_ttl_secs: u64,
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
     pub etcd: String,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fastim_cluster::{Directory, Registration, WorkerLease};
+use fastim_cluster::{Directory, Leadership, Registration, WorkerLease};
 use fastim_gateway::Gateway;
 use fastim_gateway::remote::RemoteLogic;
 use fastim_gateway::server::{self, Listeners};
@@ -23,10 +23,12 @@ use fastim_idgen::Snowflake;
 use fastim_logic::LogicService;
 use fastim_logic::gateways::RemoteGateways;
 use fastim_logic::routes::redis::{RedisConnection, RedisRoutes};
+use fastim_logic::store::Store;
 use fastim_logic::store::postgres::PostgresStore;
 use fastim_proto::internal::RefreshRoutes;
 use fastim_proto::internal::gateway_server::GatewayServer;
 use fastim_proto::internal::logic_server::{Logic, LogicServer};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -40,6 +42,7 @@ pub const GATEWAY_PREFIX: &str = "/fastim/gateways/";
 pub const IDGEN_PREFIX: &str = "/fastim/idgen/";
 const SEGMENT_PREFIX: &str = "/fastim/segments/";
 const WORKER_PREFIX: &str = "/fastim/workers/";
+const JOBS_ELECTION: &str = "/fastim/election/jobs";
 /// Lease TTL of registrations and worker ids.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
@@ -104,10 +107,15 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("--http: cannot listen on {}", args.http))?;
     let http_addr = http_listener.local_addr()?;
-    let health = ready.clone();
+    let jobs = Arc::new(JobState::default());
+    let (health, job_metrics) = (ready.clone(), jobs.clone());
     let _http = http::spawn(
         http_listener,
-        Arc::new(move |path: &str| health.answer(path).unwrap_or_else(|| Reply::text(404, "not found\n"))),
+        Arc::new(move |path: &str| match (health.answer(path), path) {
+            (Some(reply), _) => reply,
+            (None, "/metrics") => Reply::text(200, job_metrics.metrics()),
+            (None, _) => Reply::text(404, "not found\n"),
+        }),
     );
     // Scripts and tests learn the HTTP port before the dependencies are up.
     println!("fastim logic listening http={http_addr}");
@@ -139,9 +147,10 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
     .await;
     let resolver = Box::new(move |gateway: &str| gateways.get(gateway).as_deref().and_then(gateway_grpc));
     let routes = RedisRoutes::new(redis, Duration::from_secs(args.route_ttl_secs));
+    let store: Arc<dyn Store> = Arc::new(store);
     let logic = LogicService::new(
         config,
-        Arc::new(store),
+        store.clone(),
         ids,
         Arc::new(routes),
         Arc::new(RemoteGateways::new(resolver)),
@@ -152,6 +161,9 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         Registration::start(etcd.clone(), key.clone(), advertise.clone(), LEASE_TTL)
     })
     .await;
+    let every = Duration::from_millis(args.jobs_interval_ms.max(10));
+    let leader_ttl = Duration::from_secs(args.leader_ttl_secs.max(2));
+    let job_runner = tokio::spawn(run_jobs(etcd.clone(), store, id.clone(), every, leader_ttl, jobs));
     ready.set_ready();
     tracing::info!(%id, %grpc, worker_id, "fastim logic started");
     println!("fastim logic ready grpc={grpc} http={http_addr} id={id} worker={worker_id}");
@@ -165,6 +177,7 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("logic gRPC server")?;
+    job_runner.abort();
     logic.flush().await;
     tracing::info!("fastim logic stopped");
     Ok(0)
@@ -455,5 +468,85 @@ mod tests {
         assert_eq!(ids, vec!["a", "c", "b"]);
         assert_eq!(ranked[0]["tcp"], "t:2");
         assert_eq!(gateway_grpc(&entries["b"]).as_deref(), Some("g:1"));
+    }
+}
+
+/// What the singleton-job runner reports on `/metrics`.
+#[derive(Default)]
+struct JobState {
+    leader: AtomicBool,
+    token: AtomicI64,
+    purged: AtomicU64,
+}
+
+impl JobState {
+    fn metrics(&self) -> String {
+        format!(
+            "# HELP fastim_logic_job_leader 1 while this node leads the singleton jobs.\n\
+             # TYPE fastim_logic_job_leader gauge\n\
+             fastim_logic_job_leader {}\n\
+             # HELP fastim_logic_job_fencing_token Fencing token of the current or last leadership.\n\
+             # TYPE fastim_logic_job_fencing_token gauge\n\
+             fastim_logic_job_fencing_token {}\n\
+             # HELP fastim_logic_sessions_purged_total Expired sessions deleted by this node.\n\
+             # TYPE fastim_logic_sessions_purged_total counter\n\
+             fastim_logic_sessions_purged_total {}\n",
+            u8::from(self.leader.load(Ordering::SeqCst)),
+            self.token.load(Ordering::SeqCst),
+            self.purged.load(Ordering::SeqCst)
+        )
+    }
+}
+
+/// Campaigns for the singleton jobs and, while leading, runs them every `every`.
+/// Leadership ends when its lease-based validity runs out (before etcd can elect a
+/// successor) or when the store reports a newer fencing token.
+async fn run_jobs(
+    etcd: fastim_cluster::EtcdClient,
+    store: Arc<dyn Store>,
+    id: String,
+    every: Duration,
+    ttl: Duration,
+    state: Arc<JobState>,
+) {
+    loop {
+        let leadership = match Leadership::campaign(etcd.clone(), JOBS_ELECTION, &id, ttl).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "jobs election failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let token = leadership.token;
+        state.token.store(token, Ordering::SeqCst);
+        state.leader.store(true, Ordering::SeqCst);
+        tracing::info!(token, "elected to run the singleton jobs");
+        while leadership.is_valid() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            match store.purge_expired_sessions(now, token).await {
+                Ok(Some(n)) => {
+                    state.purged.fetch_add(n, Ordering::SeqCst);
+                    if n > 0 {
+                        tracing::info!(purged = n, "expired sessions purged");
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(token, "a newer leader ran the jobs: stepping down");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "session purge failed; retried next round"),
+            }
+            let next = tokio::time::Instant::now() + every;
+            while tokio::time::Instant::now() < next && leadership.is_valid() {
+                tokio::time::sleep(Duration::from_millis(50).min(every)).await;
+            }
+        }
+        state.leader.store(false, Ordering::SeqCst);
+        tracing::info!(token, "no longer the leader of the singleton jobs");
+        leadership.resign().await;
     }
 }

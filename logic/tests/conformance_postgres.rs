@@ -32,7 +32,11 @@ async fn concurrent_starts_migrate_once() {
     for start in starts {
         start.await.unwrap().expect("every node starts");
     }
-    assert_eq!(pg.psql("fastim", "SELECT count(*) FROM fastim_schema"), "1");
+    let applied = pg.psql(
+        "fastim",
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM fastim_schema",
+    );
+    assert_eq!(applied, "1,2", "each migration exactly once");
 }
 
 /// An unreachable server is a clear, retriable error, not a hang.

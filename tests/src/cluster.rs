@@ -68,8 +68,15 @@ impl Cluster {
 
     /// Starts one more logic node.
     pub fn add_logic(&mut self) -> &mut ServerProcess {
+        self.add_logic_with(&[])
+    }
+
+    /// Starts one more logic node with extra flags.
+    pub fn add_logic_with(&mut self, extra: &[&str]) -> &mut ServerProcess {
         let id = format!("logic-{}", self.logic.len());
-        let process = ServerProcess::start("logic", self.logic_args(&id));
+        let mut args = self.logic_args(&id);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = ServerProcess::start("logic", args);
         self.logic.push(process);
         self.logic.last_mut().expect("just pushed")
     }

@@ -129,6 +129,21 @@ impl ServerProcess {
             .unwrap_or_else(|| panic!("no {key} in the ready line {:?}", self.ready))
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// A value from the process's Prometheus `/metrics` (its `http` address).
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        let (_, body) = http::get(&self.get("http"), "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("server running")

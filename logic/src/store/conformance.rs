@@ -230,6 +230,30 @@ pub async fn cursors_and_read_markers(store: Arc<dyn Store>) {
     ));
 }
 
+/// The session purge removes only expired sessions, and is fenced: a job run with an
+/// older token than one already recorded does nothing.
+pub async fn fenced_session_purge(store: Arc<dyn Store>) {
+    let session = |expires_ms| SessionRecord {
+        user_id: 1,
+        device_id: "d".into(),
+        expires_ms,
+    };
+    store.create_session("old", session(100)).await.unwrap();
+    store.create_session("older", session(50)).await.unwrap();
+    store.create_session("fresh", session(10_000)).await.unwrap();
+    assert_eq!(store.purge_expired_sessions(1_000, 7).await.unwrap(), Some(2));
+    assert!(store.session("old").await.unwrap().is_none());
+    assert!(store.session("fresh").await.unwrap().is_some());
+    store.create_session("late", session(200)).await.unwrap();
+    // A deposed leader (token 5 < 7) changes nothing.
+    assert_eq!(store.purge_expired_sessions(1_000, 5).await.unwrap(), None);
+    assert!(store.session("late").await.unwrap().is_some());
+    // The same leader again, or a newer one, proceeds.
+    assert_eq!(store.purge_expired_sessions(1_000, 7).await.unwrap(), Some(1));
+    assert_eq!(store.purge_expired_sessions(20_000, 9).await.unwrap(), Some(1));
+    assert_eq!(store.purge_expired_sessions(20_000, 8).await.unwrap(), None);
+}
+
 /// Generates one `#[tokio::test]` per conformance check; `$make` is an async
 /// expression that yields a fresh, empty `Arc<dyn Store>` and a guard that keeps
 /// its backing resources (a temporary directory, a database) alive for the test.
@@ -238,7 +262,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@each $make;
             users, sessions, direct_conversations, groups, append_sequences_and_dedup,
-            concurrent_appends_are_gap_free, paging, cursors_and_read_markers);
+            concurrent_appends_are_gap_free, paging, cursors_and_read_markers, fenced_session_purge);
     };
     (@each $make:expr; $($check:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -515,6 +515,33 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn purge_expired_sessions(&self, now_ms: u64, fencing: i64) -> StoreResult<Option<u64>> {
+        self.write(move |txn| {
+            let key = format!("job:{SESSION_PURGE_JOB}:fencing");
+            let mut meta = txn.open_table(META)?;
+            // Tokens are stored offset so that negative ones sort too.
+            let token = (fencing as i128 - i64::MIN as i128) as u64;
+            if meta.get(key.as_str())?.is_some_and(|v| v.value() > token) {
+                return Ok(None);
+            }
+            meta.insert(key.as_str(), token)?;
+            drop(meta);
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut expired = Vec::new();
+            for entry in sessions.iter()? {
+                let (hash, record) = entry?;
+                if decode_json::<SessionRecord>(record.value())?.expires_ms < now_ms {
+                    expired.push(hash.value().to_owned());
+                }
+            }
+            for hash in &expired {
+                sessions.remove(hash.as_str())?;
+            }
+            Ok(Some(expired.len() as u64))
+        })
+        .await
+    }
 }
 
 fn insert_members(txn: &WriteTransaction, conversation: &str, users: &[u64]) -> StoreResult<()> {

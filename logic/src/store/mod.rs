@@ -147,7 +147,15 @@ pub trait Store: Send + Sync + 'static {
     async fn advance_cursors(&self, updates: &[CursorUpdate]) -> StoreResult<()>;
     /// Raises the read marker of a member (never lowers it).
     async fn mark_read(&self, user: u64, conversation: &str, seq: u64) -> StoreResult<()>;
+
+    /// The session-purge singleton job: deletes sessions expired at `now_ms`, in one
+    /// transaction that first records `fencing` for the job. Returns `None`, deleting
+    /// nothing, when a newer fencing token already ran the job (a deposed leader).
+    async fn purge_expired_sessions(&self, now_ms: u64, fencing: i64) -> StoreResult<Option<u64>>;
 }
+
+/// Name of the session-purge job (for fencing records).
+pub const SESSION_PURGE_JOB: &str = "session-purge";
 
 /// One delivery cursor to raise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

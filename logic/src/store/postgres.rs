@@ -25,7 +25,10 @@ use tokio_postgres::types::ToSql;
 use super::*;
 
 /// Schema versions, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_jobs.sql")),
+];
 /// Key of the advisory lock taken while migrating.
 const MIGRATION_LOCK: i64 = 0x0FA5_71A1;
 /// Most appends in one group commit.
@@ -549,5 +552,28 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(format!("conversation {conversation}")));
         }
         Ok(())
+    }
+
+    async fn purge_expired_sessions(&self, now_ms: u64, fencing: i64) -> StoreResult<Option<u64>> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(unavailable)?;
+        let fenced = txn
+            .query_opt(
+                "INSERT INTO fastim_jobs (job, fencing, last_run_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (job) DO UPDATE SET fencing = EXCLUDED.fencing, last_run_ms = EXCLUDED.last_run_ms
+                 WHERE fastim_jobs.fencing <= EXCLUDED.fencing RETURNING fencing",
+                &[&SESSION_PURGE_JOB, &fencing, &(now_ms as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        if fenced.is_none() {
+            return Ok(None);
+        }
+        let deleted = txn
+            .execute("DELETE FROM sessions WHERE expires_ms < $1", &[&(now_ms as i64)])
+            .await
+            .map_err(unavailable)?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some(deleted))
     }
 }
