@@ -138,6 +138,9 @@ pub struct LogicFlags {
     /// Session token lifetime in seconds.
     #[arg(long, env = "FASTIM_SESSION_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub session_ttl_secs: u64,
+    /// Groups with at least this many members are fanned out by each gateway to its own members.
+    #[arg(long, env = "FASTIM_LARGE_GROUP_THRESHOLD", default_value_t = 500)]
+    pub large_group_threshold: usize,
 }
 
 /// `fastim gateway`: client connections, in a cluster.

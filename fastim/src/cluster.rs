@@ -145,6 +145,8 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         Directory::start(etcd.clone(), GATEWAY_PREFIX)
     })
     .await;
+    let listed = gateways.clone();
+    let lister = Box::new(move || listed.all().into_keys().collect());
     let resolver = Box::new(move |gateway: &str| gateways.get(gateway).as_deref().and_then(gateway_grpc));
     let routes = RedisRoutes::new(redis, Duration::from_secs(args.route_ttl_secs));
     let store: Arc<dyn Store> = Arc::new(store);
@@ -153,7 +155,7 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
         store.clone(),
         ids,
         Arc::new(routes),
-        Arc::new(RemoteGateways::new(resolver)),
+        Arc::new(RemoteGateways::new(resolver, lister)),
     );
 
     let key = format!("{LOGIC_PREFIX}{id}");

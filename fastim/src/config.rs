@@ -61,6 +61,7 @@ pub fn logic(flags: &LogicFlags) -> anyhow::Result<LogicConfig> {
             iterations: flags.argon2_iterations,
         },
         kick_policy: flags.kick_policy.parse().map_err(|e| anyhow!("--kick-policy: {e}"))?,
+        large_group_threshold: flags.large_group_threshold.max(1),
         ..LogicConfig::default()
     };
     config

@@ -94,8 +94,6 @@ struct Connection {
     transport: Transport,
     /// Set by a successful LOGIN.
     device: Option<Arc<Device>>,
-    /// This connection's queue in the registry (which also keeps its device).
-    queue: Arc<ConnQueue>,
     /// Heartbeat interval told to the client at login.
     heartbeat: Duration,
     /// Close when nothing arrives by then (login deadline, then heartbeats).
@@ -118,7 +116,6 @@ pub async fn serve(gateway: Arc<Gateway>, transport: Transport) {
         id,
         transport,
         device: None,
-        queue: queue.clone(),
         heartbeat: Duration::from_secs(30),
         deadline: Instant::now() + config.auth_timeout,
         unacked: Vec::new(),
@@ -366,7 +363,7 @@ impl Connection {
                 self.heartbeat = Duration::from_millis(response.heartbeat_interval_ms.max(100) as u64);
                 self.deadline = Instant::now() + self.heartbeat * 3;
                 let device = Arc::new(device);
-                self.queue.set_device(Some(device.clone()));
+                self.gateway.registry.set_device(self.id, Some(device.clone()));
                 self.device = Some(device);
                 self.write(&[Frame::response(Command::Login, rid, &response)]).await
             }
@@ -426,7 +423,7 @@ impl Connection {
             Command::PushAck => None,
             Command::Logout => {
                 self.device = None;
-                self.queue.set_device(None);
+                self.gateway.registry.set_device(self.id, None);
                 Some(Close::With(Frame {
                     body: reply.body.into(),
                     ..Frame::response(Command::Logout, rid, &client::LogoutResponse {})

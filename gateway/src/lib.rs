@@ -63,7 +63,11 @@ impl gateway_server::Gateway for Gateway {
         let batch = request.into_inner();
         let messages: Arc<[_]> = batch.messages.into();
         let mut missing = Vec::new();
-        for conn in batch.conn_ids {
+        let mut conns = batch.conn_ids;
+        if !batch.user_ids.is_empty() {
+            conns.extend(self.registry.connections_of(&batch.user_ids));
+        }
+        for conn in conns {
             match self.registry.deliver(conn, Outbound::Push(messages.clone())) {
                 Queued::Ok => {}
                 Queued::Overflow => tracing::info!(conn, "push queue full; closing the slow reader"),

@@ -61,11 +61,6 @@ impl ConnQueue {
         })
     }
 
-    /// Records (or clears) the logged-in identity of the connection.
-    pub fn set_device(&self, device: Option<Arc<Device>>) {
-        *self.device.lock().unwrap_or_else(|e| e.into_inner()) = device;
-    }
-
     /// Queues an item without waiting.
     pub fn push(&self, item: Outbound) -> Queued {
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,6 +96,8 @@ impl ConnQueue {
 #[derive(Default)]
 pub struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnQueue>>>,
+    /// Logged-in connections by user id, for large-group fan-out.
+    by_user: Mutex<HashMap<u64, Vec<u64>>>,
     next_id: AtomicU64,
 }
 
@@ -114,7 +111,50 @@ impl Registry {
 
     /// Forgets a connection.
     pub fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        if let Some(queue) = self.lock().remove(&id) {
+            let device = queue.device.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(device) = device {
+                self.unindex(device.user_id, id);
+            }
+        }
+    }
+
+    /// Records (or clears) the logged-in identity of connection `id`.
+    pub fn set_device(&self, id: u64, device: Option<Arc<Device>>) {
+        let Some(queue) = self.lock().get(&id).cloned() else {
+            return;
+        };
+        let old = std::mem::replace(
+            &mut *queue.device.lock().unwrap_or_else(|e| e.into_inner()),
+            device.clone(),
+        );
+        if let Some(old) = old {
+            self.unindex(old.user_id, id);
+        }
+        if let Some(new) = device {
+            self.by_user
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(new.user_id)
+                .or_default()
+                .push(id);
+        }
+    }
+
+    fn unindex(&self, user: u64, id: u64) {
+        let mut by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(conns) = by_user.get_mut(&user) {
+            conns.retain(|c| *c != id);
+            if conns.is_empty() {
+                by_user.remove(&user);
+            }
+        }
+    }
+
+    /// Logged-in connections of these users held here.
+    pub fn connections_of(&self, users: &[u64]) -> Vec<u64> {
+        let by_user = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        users.iter().filter_map(|u| by_user.get(u)).flatten().copied().collect()
     }
 
     /// Number of connections.

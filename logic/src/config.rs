@@ -24,6 +24,9 @@ pub struct LogicConfig {
     pub max_page: usize,
     /// How often buffered delivery cursors are written to the store.
     pub cursor_flush_interval: Duration,
+    /// Groups with at least this many members are fanned out by the gateways: one
+    /// batch per gateway naming the members, instead of a route lookup per member.
+    pub large_group_threshold: usize,
 }
 
 impl Default for LogicConfig {
@@ -37,6 +40,7 @@ impl Default for LogicConfig {
             max_group_members: 10_000,
             max_page: 500,
             cursor_flush_interval: Duration::from_millis(200),
+            large_group_threshold: 500,
         }
     }
 }

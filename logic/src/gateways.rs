@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 pub trait GatewayDirectory: Send + Sync + 'static {
     /// The gateway, or `None` when it is unknown (gone): its devices resync later.
     fn gateway(&self, id: &str) -> Option<Arc<dyn Gateway>>;
+    /// Ids of every live gateway (for large-group fan-out).
+    fn all(&self) -> Vec<String>;
 }
 
 /// The one in-process gateway of standalone mode. It is set after construction,
@@ -42,23 +44,31 @@ impl GatewayDirectory for LocalGateways {
             .then(|| self.gateway.get().cloned())
             .flatten()
     }
+
+    fn all(&self) -> Vec<String> {
+        self.id.get().cloned().into_iter().collect()
+    }
 }
 
 /// Finds a gateway's internal gRPC address by its id (cluster mode: the etcd registry).
 pub type Resolver = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Lists the ids of the live gateways.
+pub type Lister = Box<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Gateways reached over gRPC, found through a [`Resolver`]. Clients are created on
 /// first use and replaced when a gateway id moves to another address.
 pub struct RemoteGateways {
     resolve: Resolver,
+    list: Lister,
     clients: Mutex<HashMap<String, (String, Arc<RemoteGateway>)>>,
 }
 
 impl RemoteGateways {
-    /// Gateways found through `resolve`.
-    pub fn new(resolve: Resolver) -> RemoteGateways {
+    /// Gateways found through `resolve`, listed by `list`.
+    pub fn new(resolve: Resolver, list: Lister) -> RemoteGateways {
         RemoteGateways {
             resolve,
+            list,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -86,6 +96,10 @@ impl GatewayDirectory for RemoteGateways {
         });
         clients.insert(id.to_owned(), (addr, client.clone()));
         Some(client)
+    }
+
+    fn all(&self) -> Vec<String> {
+        (self.list)()
     }
 }
 

@@ -398,6 +398,7 @@ impl LogicService {
             store: self.store.clone(),
             routes: self.routes.clone(),
             gateways: self.gateways.clone(),
+            large_group: self.config.large_group_threshold,
         }
     }
 
@@ -664,6 +665,8 @@ struct FanOut {
     store: Arc<dyn Store>,
     routes: Arc<dyn RouteTable>,
     gateways: Arc<dyn GatewayDirectory>,
+    /// From this many members on, gateways fan out to their own local members.
+    large_group: usize,
 }
 
 impl FanOut {
@@ -677,6 +680,23 @@ impl FanOut {
                 return;
             }
         };
+        if members.len() >= self.large_group {
+            // One batch per gateway naming the members; each gateway finds its own.
+            for gateway_id in self.gateways.all() {
+                let Some(gateway) = self.gateways.gateway(&gateway_id) else {
+                    continue;
+                };
+                let batch = PushBatch {
+                    messages: vec![message.clone()],
+                    conn_ids: Vec::new(),
+                    user_ids: members.clone(),
+                };
+                if let Err(e) = gateway.push(Request::new(batch)).await {
+                    tracing::warn!(gateway = %gateway_id, error = %e, "push failed; devices will sync");
+                }
+            }
+            return;
+        }
         let mut by_gateway: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for member in members {
             match self.routes.devices(member).await {
@@ -696,6 +716,7 @@ impl FanOut {
             let batch = PushBatch {
                 messages: messages.clone(),
                 conn_ids,
+                user_ids: Vec::new(),
             };
             if let Err(e) = gateway.push(Request::new(batch)).await {
                 tracing::warn!(gateway = %gateway_id, error = %e, "push failed; devices will sync");

@@ -85,3 +85,49 @@ async fn users_on_different_gateways_chat_one_to_one_and_in_a_200_member_group()
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_groups_are_fanned_out_by_each_gateway_to_its_own_members() {
+    let mut cluster = tokio::task::spawn_blocking(|| {
+        let mut cluster = Cluster::start(0, 0);
+        cluster.add_logic_with(&["--large-group-threshold", "50"]);
+        cluster.add_gateway();
+        cluster.add_gateway();
+        cluster
+    })
+    .await
+    .unwrap();
+    let (gw0, gw1) = (cluster.tcp(0), cluster.tcp(1));
+    let names: Vec<String> = (0..120).map(|i| format!("big{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    register_users(&gw0, &refs).await;
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        members.push(connect(if i % 2 == 0 { &gw0 } else { &gw1 }, name).await);
+    }
+    // One member also has a desktop on the other gateway.
+    let (_desk, desk_events) = Client::connect(user(&gw1, "big0", DeviceKind::Desktop)).await.unwrap();
+    members.push((_desk, desk_events));
+    let group = members[0].0.create_group("big", &names[1..]).await.unwrap();
+    for i in 0..20 {
+        members[i % 7]
+            .0
+            .send_text(Target::Group(group.id), &format!("{i}"))
+            .await
+            .unwrap();
+    }
+    for (_, events) in members.iter_mut() {
+        let got = messages(events, 20, T).await;
+        assert_eq!(
+            got.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<u64>>()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, events) in members.iter_mut() {
+        while let Ok(event) = events.try_recv() {
+            assert!(!matches!(event, Event::Message(_)), "duplicate delivery: {event:?}");
+        }
+    }
+    drop(cluster.gateways.pop());
+}
