@@ -151,3 +151,20 @@ async fn redis_unreachable_is_an_error_not_a_hang() {
     assert!(RedisConnection::connect(&[url], false).await.is_err());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_routes() {
+    let cluster = tokio::task::spawn_blocking(fastim_tests::services::RedisCluster::start)
+        .await
+        .unwrap();
+    let conn = RedisConnection::connect(&cluster.urls(), true).await.unwrap();
+    let routes: Arc<dyn RouteTable> = Arc::new(RedisRoutes::new(conn, Duration::from_secs(60)));
+    kick_policies(routes.clone()).await;
+    refresh_restores(routes.clone()).await;
+    // A refresh covering users on every slot of the cluster.
+    let many: Vec<Device> = (100..400).map(|u| device(u, 1, "g1", u)).collect();
+    routes.refresh(&many).await.unwrap();
+    for d in &many {
+        assert_eq!(routes.devices(d.user_id).await.unwrap(), vec![d.clone()]);
+    }
+}

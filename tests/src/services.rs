@@ -368,3 +368,78 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// A private Redis Cluster of three masters (no replicas).
+pub struct RedisCluster {
+    _dir: tempfile::TempDir,
+    _nodes: Vec<Proc>,
+    /// Ports of the masters on 127.0.0.1.
+    pub ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, joins them, and waits for `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(log_file(&node_dir, "redis.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push(Proc(Some(child)));
+        }
+        for port in &ports {
+            let port = *port;
+            wait_until("redis node", Duration::from_secs(20), || {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for port in &ports {
+            let port = port.to_string();
+            wait_until("redis cluster", Duration::from_secs(30), || {
+                Command::new("redis-cli")
+                    .args(["-p", &port, "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+        }
+        RedisCluster {
+            _dir: dir,
+            _nodes: nodes,
+            ports,
+        }
+    }
+
+    /// `redis://` URLs of the masters.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect()
+    }
+}

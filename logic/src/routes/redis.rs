@@ -193,19 +193,40 @@ impl RouteTable for RedisRoutes {
     }
 
     async fn refresh(&self, devices: &[Device]) -> Result<(), RouteError> {
-        // Pipelined in chunks; in a cluster each command is routed to its slot.
-        for chunk in devices.chunks(500) {
-            let mut pipe = redis::pipe();
-            for device in chunk {
-                let key = key(device.user_id);
-                pipe.cmd("HSET")
-                    .arg(&key)
-                    .arg(field(device))
-                    .arg(self.value(device))
-                    .ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(self.ttl.as_millis() as u64).ignore();
+        let ttl = self.ttl.as_millis() as u64;
+        let commands = |pipe: &mut Pipeline, device: &Device| {
+            let key = key(device.user_id);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(field(device))
+                .arg(self.value(device))
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
+        };
+        match &self.conn {
+            // One server: big pipelines.
+            RedisConnection::Single(_) => {
+                for chunk in devices.chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for device in chunk {
+                        commands(&mut pipe, device);
+                    }
+                    pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(failed)?;
+                }
             }
-            pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(failed)?;
+            // A cluster refuses pipelines across hash slots: one small pipeline per
+            // user (one key, one slot), many in flight at once.
+            RedisConnection::Cluster(_) => {
+                for chunk in devices.chunks(200) {
+                    let calls = chunk.iter().map(|device| {
+                        let mut pipe = redis::pipe();
+                        commands(&mut pipe, device);
+                        let mut conn = self.conn.clone();
+                        async move { pipe.query_async::<()>(&mut conn).await }
+                    });
+                    futures_util::future::try_join_all(calls).await.map_err(failed)?;
+                }
+            }
         }
         Ok(())
     }
