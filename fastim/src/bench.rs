@@ -17,7 +17,7 @@ use fastim_proto::{Command, Frame};
 use hdrhistogram::Histogram;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::cli::{BenchChatArgs, BenchIdleArgs};
+use crate::cli::{BenchChatArgs, BenchGroupArgs, BenchIdleArgs};
 
 /// Registers a user with a raw REGISTER frame; an existing user is fine.
 async fn ensure_user(server: &str, user: &str, password: &str) -> anyhow::Result<()> {
@@ -73,18 +73,27 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
+    // Senders connect to the first server, receivers to the last (two gateways of a
+    // cluster: every message crosses from one to the other).
+    let servers: Vec<String> = args
+        .server
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (send_to, receive_from) = (servers[0].clone(), servers[servers.len() - 1].clone());
     let run = std::process::id();
     let senders: Vec<String> = (0..args.pairs).map(|i| format!("bench-{run}-s{i}")).collect();
     let receivers: Vec<String> = (0..args.pairs).map(|i| format!("bench-{run}-r{i}")).collect();
     eprintln!("registering {} users ...", senders.len() * 2);
     let all: Vec<String> = senders.iter().chain(&receivers).cloned().collect();
-    ensure_users(&args.server, &all, &args.password, 32).await?;
+    ensure_users(&send_to, &all, &args.password, 32).await?;
     eprintln!("connecting ...");
     let start = Instant::now();
     let mut receiver_tasks = Vec::new();
     let delivered = Arc::new(Mutex::new(new_histogram()));
     for r in &receivers {
-        let config = ClientConfig::new(&args.server, r, &args.password);
+        let config = ClientConfig::new(&receive_from, r, &args.password);
         let (client, mut events) = Client::connect(config).await?;
         let (expect, delivered) = (args.messages, delivered.clone());
         receiver_tasks.push(tokio::spawn(async move {
@@ -108,7 +117,7 @@ pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
     }
     let mut clients = Vec::new();
     for s in &senders {
-        let mut config = ClientConfig::new(&args.server, s, &args.password);
+        let mut config = ClientConfig::new(&send_to, s, &args.password);
         config.receive = false;
         config.device_kind = DeviceKind::Bot;
         clients.push(Client::connect(config).await?.0);
@@ -270,4 +279,84 @@ pub async fn idle(args: BenchIdleArgs) -> anyhow::Result<i32> {
         w.close().await;
     }
     Ok(0)
+}
+
+pub async fn group(args: BenchGroupArgs) -> anyhow::Result<i32> {
+    let servers: Vec<String> = args
+        .server
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let run = std::process::id();
+    let names: Vec<String> = (0..args.members).map(|i| format!("g{run}-{i}")).collect();
+    eprintln!("registering {} users ...", names.len());
+    ensure_users(&servers[0], &names, &args.password, 32).await?;
+    eprintln!("connecting {} members over {} gateways ...", names.len(), servers.len());
+    let start = Instant::now();
+    let delivered = Arc::new(Mutex::new(new_histogram()));
+    let mut clients = Vec::new();
+    let mut receivers = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut config = ClientConfig::new(&servers[i % servers.len()], name, &args.password);
+        config.request_timeout = Duration::from_secs(30);
+        let (client, mut events) = Client::connect(config).await?;
+        let (expect, delivered) = (args.messages, delivered.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < expect {
+                match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
+                    Ok(Some(Event::Message(m))) => {
+                        got += 1;
+                        if let Some(sent) = m.text.strip_prefix("bench ").and_then(|t| t.parse::<u64>().ok()) {
+                            let now = start.elapsed().as_micros() as u64;
+                            let _ = delivered.lock().await.record(now.saturating_sub(sent).max(1));
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            got
+        }));
+        clients.push(client);
+    }
+    let group = clients[0].create_group("bench", &names[1..]).await?;
+    eprintln!("sending {} messages to a group of {} ...", args.messages, names.len());
+    let sender = clients[0].clone();
+    let began = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.window.max(1)));
+    let mut sends = Vec::new();
+    for _ in 0..args.messages {
+        let permit = gate.clone().acquire_owned().await?;
+        let sender = sender.clone();
+        sends.push(tokio::spawn(async move {
+            let text = format!("bench {}", start.elapsed().as_micros());
+            let ok = sender.send_text(Target::Group(group.id), &text).await.is_ok();
+            drop(permit);
+            ok
+        }));
+    }
+    let mut acked = 0;
+    for s in sends {
+        acked += usize::from(s.await.unwrap_or(false));
+    }
+    let mut deliveries = 0;
+    for r in receivers {
+        deliveries += r.await?;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    for c in &clients {
+        c.close();
+    }
+    println!(
+        "group of {} members, {acked} messages acknowledged, {deliveries} deliveries",
+        names.len()
+    );
+    println!(
+        "fan-out: {:.0} deliveries/s ({deliveries} in {secs:.2} s)",
+        deliveries as f64 / secs
+    );
+    print_histogram("delivery latency (send -> member)", &*delivered.lock().await);
+    Ok(if deliveries == acked * names.len() { 0 } else { 2 })
 }

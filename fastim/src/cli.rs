@@ -70,6 +70,7 @@ impl Command {
             Command::Chat(args) => crate::commands::chat(args).await,
             Command::Bench(BenchCommand::Chat(args)) => crate::bench::chat(args).await,
             Command::Bench(BenchCommand::Idle(args)) => crate::bench::idle(args).await,
+            Command::Bench(BenchCommand::Group(args)) => crate::bench::group(args).await,
         }
     }
 }
@@ -353,11 +354,14 @@ pub enum BenchCommand {
     Chat(BenchChatArgs),
     /// Memory per idle authenticated connection.
     Idle(BenchIdleArgs),
+    /// Group fan-out: deliveries per second to the members of one group.
+    Group(BenchGroupArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchChatArgs {
-    /// Server address (host:port).
+    /// Server address (host:port); with two comma-separated gateways, senders use the
+    /// first and receivers the second.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub server: String,
     /// Sender/receiver pairs (2 connections each).
@@ -370,6 +374,25 @@ pub struct BenchChatArgs {
     #[arg(long, default_value_t = 4)]
     pub window: usize,
     /// Password of the bench users (they are registered when missing).
+    #[arg(long, env = "FASTIM_PASSWORD", default_value = "bench-password")]
+    pub password: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchGroupArgs {
+    /// Gateway addresses (host:port), comma-separated: members are spread over them.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub server: String,
+    /// Members of the group (each one connection).
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Messages sent to the group.
+    #[arg(long, default_value_t = 50)]
+    pub messages: usize,
+    /// Messages the sender keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Password of the bench users.
     #[arg(long, env = "FASTIM_PASSWORD", default_value = "bench-password")]
     pub password: String,
 }

@@ -85,6 +85,70 @@ pub struct LogicService {
     gateways: Arc<dyn GatewayDirectory>,
     /// Acknowledged delivery positions, written in batches.
     cursors: Arc<CursorBuffer>,
+    /// Facts that never change once true, so a send need not ask the store again:
+    /// user name -> id, and 1:1 conversations known to exist.
+    known: KnownFacts,
+}
+
+/// Immutable facts cached in memory (bounded: cleared when full).
+#[derive(Default)]
+struct KnownFacts {
+    user_ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    conversations: std::sync::Mutex<HashSet<String>>,
+    /// (conversation, user) seen to be a member: used only to authorize delivery
+    /// acknowledgements, which move nothing but that user's own cursor. Sends and
+    /// reads always ask the store, so a removed member loses access at once.
+    ack_members: std::sync::Mutex<HashSet<(String, u64)>>,
+}
+
+const KNOWN_FACTS_CAP: usize = 200_000;
+
+impl KnownFacts {
+    fn user_id(&self, name: &str) -> Option<u64> {
+        self.user_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    fn remember_user(&self, name: &str, id: u64) {
+        let mut map = self.user_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= KNOWN_FACTS_CAP {
+            map.clear();
+        }
+        map.insert(name.to_owned(), id);
+    }
+
+    fn acked_before(&self, conversation: &str, user: u64) -> bool {
+        self.ack_members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(conversation.to_owned(), user))
+    }
+
+    fn remember_ack_member(&self, conversation: &str, user: u64) {
+        let mut set = self.ack_members.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= KNOWN_FACTS_CAP {
+            set.clear();
+        }
+        set.insert((conversation.to_owned(), user));
+    }
+
+    fn has_conversation(&self, id: &str) -> bool {
+        self.conversations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn remember_conversation(&self, id: &str) {
+        let mut set = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() >= KNOWN_FACTS_CAP {
+            set.clear();
+        }
+        set.insert(id.to_owned());
+    }
 }
 
 impl LogicService {
@@ -105,6 +169,7 @@ impl LogicService {
             routes,
             gateways,
             cursors,
+            known: KnownFacts::default(),
         })
     }
 
@@ -282,11 +347,14 @@ impl LogicService {
     }
 
     async fn user_named(&self, name: &str) -> Reply<UserRecord> {
-        self.store
+        let user = self
+            .store
             .user_by_name(name)
             .await
             .map_err(store_err)?
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("user {name:?} not found")))
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("user {name:?} not found")))?;
+        self.known.remember_user(&user.name, user.id);
+        Ok(user)
     }
 
     /// Checks that `me` may read and write `conversation`.
@@ -328,12 +396,18 @@ impl LogicService {
         }
         let (conversation, group_id) = match req.target {
             Some(Target::ToUser(name)) => {
-                let peer = self.user_named(&name).await?;
-                let conversation = conversation::direct(me.user_id, peer.id);
-                self.store
-                    .ensure_direct(&conversation, me.user_id, peer.id)
-                    .await
-                    .map_err(store_err)?;
+                let peer = match self.known.user_id(&name) {
+                    Some(id) => id,
+                    None => self.user_named(&name).await?.id,
+                };
+                let conversation = conversation::direct(me.user_id, peer);
+                if !self.known.has_conversation(&conversation) {
+                    self.store
+                        .ensure_direct(&conversation, me.user_id, peer)
+                        .await
+                        .map_err(store_err)?;
+                    self.known.remember_conversation(&conversation);
+                }
                 (conversation, 0)
             }
             Some(Target::GroupId(id)) => {
@@ -403,7 +477,10 @@ impl LogicService {
     }
 
     async fn push_ack(&self, me: &Device, ack: client::PushAck) -> Reply<()> {
-        self.authorize(me, &ack.conversation).await?;
+        if !self.known.acked_before(&ack.conversation, me.user_id) {
+            self.authorize(me, &ack.conversation).await?;
+            self.known.remember_ack_member(&ack.conversation, me.user_id);
+        }
         self.cursors
             .advance(me.user_id, &me.device_id, &ack.conversation, ack.seq);
         Ok(())
