@@ -57,6 +57,39 @@ async fn ensure_users(server: &str, users: &[String], password: &str, parallel: 
     Ok(())
 }
 
+/// Counts the messages a benchmark client receives (up to `expect`, giving up after
+/// `idle` without one) and records each one's latency from the send time in its text
+/// (`bench <micros since start>`). Closes `client` at the end if given.
+fn receive(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    expect: usize,
+    start: Instant,
+    delivered: Arc<Mutex<Histogram<u64>>>,
+    idle: Duration,
+    client: Option<Client>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut got = 0;
+        while got < expect {
+            match tokio::time::timeout(idle, events.recv()).await {
+                Ok(Some(Event::Message(m))) => {
+                    got += 1;
+                    if let Some(sent) = m.text.strip_prefix("bench ").and_then(|t| t.parse::<u64>().ok()) {
+                        let now = start.elapsed().as_micros() as u64;
+                        let _ = delivered.lock().await.record(now.saturating_sub(sent).max(1));
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        if let Some(client) = client {
+            client.close();
+        }
+        got
+    })
+}
+
 fn print_histogram(name: &str, h: &Histogram<u64>) {
     println!(
         "{name}: p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms ({} samples)",
@@ -94,26 +127,15 @@ pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
     let delivered = Arc::new(Mutex::new(new_histogram()));
     for r in &receivers {
         let config = ClientConfig::new(&receive_from, r, &args.password);
-        let (client, mut events) = Client::connect(config).await?;
-        let (expect, delivered) = (args.messages, delivered.clone());
-        receiver_tasks.push(tokio::spawn(async move {
-            let mut got = 0;
-            while got < expect {
-                match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-                    Ok(Some(Event::Message(m))) => {
-                        got += 1;
-                        if let Some(sent) = m.text.strip_prefix("bench ").and_then(|t| t.parse::<u64>().ok()) {
-                            let now = start.elapsed().as_micros() as u64;
-                            let _ = delivered.lock().await.record(now.saturating_sub(sent).max(1));
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-            client.close();
-            got
-        }));
+        let (client, events) = Client::connect(config).await?;
+        receiver_tasks.push(receive(
+            events,
+            args.messages,
+            start,
+            delivered.clone(),
+            Duration::from_secs(60),
+            Some(client),
+        ));
     }
     let mut clients = Vec::new();
     for s in &senders {
@@ -300,25 +322,15 @@ pub async fn group(args: BenchGroupArgs) -> anyhow::Result<i32> {
     for (i, name) in names.iter().enumerate() {
         let mut config = ClientConfig::new(&servers[i % servers.len()], name, &args.password);
         config.request_timeout = Duration::from_secs(30);
-        let (client, mut events) = Client::connect(config).await?;
-        let (expect, delivered) = (args.messages, delivered.clone());
-        receivers.push(tokio::spawn(async move {
-            let mut got = 0;
-            while got < expect {
-                match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
-                    Ok(Some(Event::Message(m))) => {
-                        got += 1;
-                        if let Some(sent) = m.text.strip_prefix("bench ").and_then(|t| t.parse::<u64>().ok()) {
-                            let now = start.elapsed().as_micros() as u64;
-                            let _ = delivered.lock().await.record(now.saturating_sub(sent).max(1));
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-            got
-        }));
+        let (client, events) = Client::connect(config).await?;
+        receivers.push(receive(
+            events,
+            args.messages,
+            start,
+            delivered.clone(),
+            Duration::from_secs(120),
+            None,
+        ));
         clients.push(client);
     }
     let group = clients[0].create_group("bench", &names[1..]).await?;
