@@ -858,6 +858,3 @@ impl internal::logic_server::Logic for LogicService {
         }
     }
 }
-
-/// How long a caller should wait for logic before giving up on a call.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);

@@ -141,7 +141,8 @@ impl EmbeddedStore {
             });
             (completion, fatal)
         });
-        let closed = || StoreError::Unavailable("embedded store writer stopped".into());
+        // The writer drops a job it cannot run (store closing, transaction failure).
+        let closed = || StoreError::Unavailable("embedded store could not run the write".into());
         self.jobs.send(job).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
@@ -178,11 +179,8 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Job>) {
         let txn = match db.begin_write() {
             Ok(txn) => txn,
             Err(e) => {
-                let err = StoreError::from(e);
-                tracing::error!(error = %err, "cannot begin a write transaction");
-                // Run each job against nothing: answer every caller with the error.
-                drop(jobs);
-                let _ = err;
+                // Dropping the jobs answers each caller with Unavailable (see `write`).
+                tracing::error!(error = %StoreError::from(e), "cannot begin a write transaction");
                 continue;
             }
         };
