@@ -32,6 +32,9 @@ pub enum Command {
     Lsb(LsbArgs),
     /// Run an ID allocator: segment ids from etcd counters and snowflake ids.
     Idgen(IdgenArgs),
+    /// The Kubernetes operator.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Register a user (password from FASTIM_PASSWORD).
     Register(ClientArgs),
     /// Send one message and exit 0 once the server acknowledged it.
@@ -63,6 +66,10 @@ impl Command {
             Command::Logic(args) => crate::cluster::logic(args).await,
             Command::Lsb(args) => crate::cluster::lsb(args).await,
             Command::Idgen(args) => crate::cluster::idgen(args).await,
+            Command::Operator(OperatorCommand::Crd) => {
+                print!("{}", fastim_operator::crd_yaml());
+                Ok(0)
+            }
             Command::Register(args) => crate::commands::register(args).await,
             Command::Send(args) => crate::commands::send(args).await,
             Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
@@ -181,6 +188,12 @@ pub struct LsbArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "FASTIM_ETCD", default_value = "http://127.0.0.1:2379")]
     pub etcd: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Print the IMCluster CustomResourceDefinition (YAML).
+    Crd,
 }
 
 /// `fastim idgen`: unique ids for the cluster.
