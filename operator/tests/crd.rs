@@ -144,3 +144,26 @@ fn invalid_specs_are_rejected_with_field_messages() {
     );
     assert!(errors(outside).contains("replicas must lie within"));
 }
+
+/// The example IMClusters in `examples/` parse, pass the CEL rules, and map to a
+/// desired state.
+#[test]
+fn examples_are_valid() {
+    for name in ["imcluster-dev.yaml", "imcluster-production.yaml"] {
+        let path = format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut cluster: IMCluster = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(errors_of(&cluster), "", "{name}");
+        cluster.metadata.namespace = Some("default".into());
+        cluster.metadata.uid = Some("example".into());
+        let desired = fastim_operator::desired::desired(&cluster);
+        assert_eq!(desired.deployments.len(), 3, "{name}");
+    }
+}
+
+fn errors_of(cluster: &IMCluster) -> String {
+    match validate_cel(cluster) {
+        Ok(()) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
