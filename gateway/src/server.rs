@@ -76,6 +76,9 @@ pub async fn drain(gateway: &Gateway) {
     tracing::info!(connections = ids.len(), rate, "draining: asking clients to reconnect");
     let deadline = tokio::time::Instant::now() + gateway.config.drain_timeout;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // A late tick must not be made up with a burst: the rate is a promise to the
+    // other gateways.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let per_tick = rate.div_ceil(10);
     for chunk in ids.chunks(per_tick) {
         tick.tick().await;

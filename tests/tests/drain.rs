@@ -172,6 +172,9 @@ async fn a_draining_gateway_moves_2000_sending_clients_gradually_and_loses_nothi
         })
         .max()
         .unwrap();
+    // The gateway paces per 100 ms tick; the times here are when clients saw the
+    // request, which bunch up when the machine is busy. Twice the rate still tells a
+    // paced drain from a stampede (all 2,000 within one second).
     assert!(
         busiest_second <= RATE * 2,
         "{busiest_second} reconnects within one second (rate {RATE}/s)"
