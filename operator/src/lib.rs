@@ -6,8 +6,12 @@
 //!   should exist for it (ConfigMap, Deployments, Services, PodDisruptionBudgets,
 //!   HorizontalPodAutoscalers, ServiceAccount). The reconciler applies them with
 //!   server-side apply; tests check them without a cluster.
+//! - [`controller`]: `reconcile` and `error_policy`: apply the desired state, write
+//!   the status with conditions; a spec that cannot be realised (a missing Secret) is
+//!   reported as Degraded and retried.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod crd;
 pub mod desired;
 
