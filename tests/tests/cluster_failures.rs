@@ -2,76 +2,17 @@
 //! traffic. The rule checked everywhere: nothing acknowledged is lost, nothing is
 //! shown twice, and service resumes by itself.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fastim_client::{Client, ClientConfig, ClientError, Event, Message, Target};
+use fastim_client::{Client, ClientConfig, ClientError, Event, Target};
 use fastim_proto::client::{DeviceKind, ErrorCode};
 use fastim_tests::cluster::Cluster;
 use fastim_tests::http;
+use fastim_tests::traffic::{assert_exactly_once, expected_in_ring, register_many, ring, watch};
 use fastim_tests::*;
-use tokio::sync::Mutex;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const T: Duration = Duration::from_secs(60);
-
-async fn register_many(server: &str, names: &[String]) {
-    let mut tasks = Vec::new();
-    for chunk in names.chunks(50) {
-        let (server, chunk) = (server.to_owned(), chunk.to_vec());
-        tasks.push(tokio::spawn(async move {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            register_users(&server, &refs).await;
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
-/// Collects every message of a client's event stream, counting duplicates.
-fn collect(mut events: UnboundedReceiver<Event>) -> Arc<Mutex<Vec<Message>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if let Event::Message(m) = event {
-                sink.lock().await.push(m);
-            }
-        }
-    });
-    seen
-}
-
-/// Waits until `seen` holds every (conversation, seq) in `expected`; then checks that
-/// nothing was shown twice and that each conversation is gap-free from 1.
-async fn assert_exactly_once(who: &str, seen: &Mutex<Vec<Message>>, expected: &BTreeSet<(String, u64)>) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let got: BTreeSet<(String, u64)> = seen
-            .lock()
-            .await
-            .iter()
-            .map(|m| (m.conversation.clone(), m.seq))
-            .collect();
-        if expected.is_subset(&got) {
-            break;
-        }
-        let missing: Vec<_> = expected.difference(&got).take(3).collect();
-        assert!(tokio::time::Instant::now() < deadline, "{who} is missing {missing:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let all = seen.lock().await;
-    let mut per_conversation: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for m in all.iter() {
-        per_conversation.entry(&m.conversation).or_default().push(m.seq);
-    }
-    for (conversation, seqs) in per_conversation {
-        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-        assert_eq!(seqs, expected, "{who} in {conversation}: in order, gap-free, each once");
-    }
-}
 
 fn config(servers: &[String], name: &str) -> ClientConfig {
     let mut config = user(&servers[0], name, DeviceKind::Mobile);
@@ -85,7 +26,7 @@ async fn killing_a_gateway_with_1000_sending_clients_loses_nothing() {
     let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(2, 2)).await.unwrap();
     let servers = vec![cluster.tcp(0), cluster.tcp(1)];
     const N: usize = 1000;
-    const PER_CLIENT: usize = 5;
+    const PER_CLIENT: u64 = 5;
     let names: Vec<String> = (0..N).map(|i| format!("u{i}")).collect();
     register_many(&servers[1], &names).await;
     // Everybody starts on gateway 0.
@@ -99,41 +40,30 @@ async fn killing_a_gateway_with_1000_sending_clients_loses_nothing() {
         for c in connects {
             let (client, events) = c.await.unwrap().unwrap();
             clients.push(client);
-            seen.push(collect(events));
+            seen.push(watch(events));
         }
     }
     let metrics = http::get(&cluster.gateways[0].get("http"), "/metrics").unwrap().1;
     assert!(metrics.contains(&format!(" {N}")), "{metrics}");
     // Each client sends to the next one, a message every ~100 ms.
-    let mut senders = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        let (client, to) = (client.clone(), names[(i + 1) % N].clone());
-        senders.push(tokio::spawn(async move {
-            let mut acks = Vec::new();
-            for k in 0..PER_CLIENT {
-                tokio::time::sleep(Duration::from_millis(50 + (i as u64 * 7 + k as u64 * 13) % 100)).await;
-                let ack = client
-                    .send_text(Target::User(to.clone()), &format!("{k}"))
-                    .await
-                    .expect("acknowledged");
-                acks.push((ack.conversation, ack.seq));
-            }
-            acks
-        }));
-    }
+    let senders = ring(
+        &clients,
+        &names,
+        PER_CLIENT,
+        |i, k| Duration::from_millis(50 + (i as u64 * 7 + k * 13) % 100),
+        true,
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
     cluster.gateways[0].kill9();
     let mut acked: Vec<Vec<(String, u64)>> = Vec::new();
     for s in senders {
         acked.push(s.await.unwrap());
     }
-    assert_eq!(acked.iter().map(Vec::len).sum::<usize>(), N * PER_CLIENT);
+    assert_eq!(acked.iter().map(Vec::len).sum::<usize>(), N * PER_CLIENT as usize);
     // Every acknowledged message reaches its receiver and the sender's own device,
     // exactly once, in order.
     for i in 0..N {
-        let mut expected: BTreeSet<(String, u64)> = acked[i].iter().cloned().collect();
-        expected.extend(acked[(i + N - 1) % N].iter().cloned());
-        assert_exactly_once(&names[i], &seen[i], &expected).await;
+        assert_exactly_once(&names[i], &seen[i], &expected_in_ring(&acked, i), T).await;
     }
     // And they all moved to the surviving gateway.
     let metrics = http::get(&cluster.gateways[1].get("http"), "/metrics").unwrap().1;
@@ -151,24 +81,10 @@ async fn killing_a_logic_node_mid_traffic_loses_nothing_acknowledged() {
     for n in &names {
         let (c, e) = Client::connect(config(&server, n)).await.unwrap();
         clients.push(c);
-        seen.push(collect(e));
+        seen.push(watch(e));
     }
-    let mut senders = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        let (client, to) = (client.clone(), names[(i + 1) % names.len()].clone());
-        senders.push(tokio::spawn(async move {
-            let mut acks = Vec::new();
-            for k in 0..20 {
-                match client.send_text(Target::User(to.clone()), &format!("{k}")).await {
-                    Ok(ack) => acks.push((ack.conversation, ack.seq)),
-                    // Allowed: an error the client saw; never a silent loss.
-                    Err(e) => assert!(e.is_retriable(), "{e:?}"),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            acks
-        }));
-    }
+    // Errors the clients see are allowed (retriable ones); silent losses are not.
+    let senders = ring(&clients, &names, 20, |_, _| Duration::from_millis(20), false);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.logic[0].kill9();
     let mut acked = Vec::new();
@@ -178,9 +94,7 @@ async fn killing_a_logic_node_mid_traffic_loses_nothing_acknowledged() {
     let total: usize = acked.iter().map(Vec::len).sum();
     assert!(total > 0);
     for i in 0..names.len() {
-        let mut expected: BTreeSet<(String, u64)> = acked[i].iter().cloned().collect();
-        expected.extend(acked[(i + names.len() - 1) % names.len()].iter().cloned());
-        assert_exactly_once(&names[i], &seen[i], &expected).await;
+        assert_exactly_once(&names[i], &seen[i], &expected_in_ring(&acked, i), T).await;
     }
 }
 
@@ -192,11 +106,11 @@ async fn restarting_redis_rebuilds_routes_and_delivery_resumes() {
     register_users(&cluster.tcp(0), &["alice", "bob"]).await;
     let (alice, _) = connect(&cluster.tcp(0), "alice").await;
     let (_bob, bob_events) = connect(&cluster.tcp(1), "bob").await;
-    let seen = collect(bob_events);
+    let seen = watch(bob_events);
     let mut expected = BTreeSet::new();
     let ack = alice.send_text(Target::User("bob".into()), "before").await.unwrap();
     expected.insert((ack.conversation.clone(), ack.seq));
-    assert_exactly_once("bob", &seen, &expected).await;
+    assert_exactly_once("bob", &seen, &expected, T).await;
 
     tokio::task::block_in_place(|| cluster.redis.restart()); // empty: every route is gone
     for i in 0..5 {
@@ -207,7 +121,7 @@ async fn restarting_redis_rebuilds_routes_and_delivery_resumes() {
         expected.insert((ack.conversation, ack.seq));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_exactly_once("bob", &seen, &expected).await;
+    assert_exactly_once("bob", &seen, &expected, T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +132,7 @@ async fn postgres_down_fails_fast_and_service_resumes_by_itself() {
     quick.send_timeout = Duration::from_millis(500);
     let (alice, _) = Client::connect(quick).await.unwrap();
     let (_bob, bob_events) = connect(&cluster.tcp(0), "bob").await;
-    let seen = collect(bob_events);
+    let seen = watch(bob_events);
     let first = alice.send_text(Target::User("bob".into()), "one").await.unwrap();
 
     tokio::task::block_in_place(|| cluster.postgres.stop());
@@ -255,7 +169,7 @@ async fn postgres_down_fails_fast_and_service_resumes_by_itself() {
     // Nothing was stored for the failed send: the sequence goes on without a gap.
     assert_eq!(after.seq, first.seq + 1);
     let expected = BTreeSet::from([(first.conversation.clone(), 1), (first.conversation, 2)]);
-    assert_exactly_once("bob", &seen, &expected).await;
+    assert_exactly_once("bob", &seen, &expected, T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

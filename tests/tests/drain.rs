@@ -4,45 +4,16 @@
 //! gateway, nothing acknowledged is lost or shown twice, and the reconnects are spread
 //! over the drain window instead of arriving all at once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastim_client::{Client, ClientConfig, Event, Message, Target};
+use fastim_client::{Client, ClientConfig};
 use fastim_proto::client::DeviceKind;
 use fastim_tests::cluster::Cluster;
+use fastim_tests::traffic::{assert_exactly_once, expected_in_ring, register_many, ring, watch};
 use fastim_tests::*;
-use tokio::sync::Mutex;
 
 const N: usize = 2000;
 const RATE: usize = 400; // clients per second: a 5 s drain window
-
-#[derive(Default)]
-struct Seen {
-    messages: Vec<Message>,
-    /// When the gateway asked this client to move.
-    moved_at: Option<Instant>,
-    gateways: Vec<String>,
-}
-
-fn watch(mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Arc<Mutex<Seen>> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let mut s = sink.lock().await;
-            match event {
-                Event::Message(m) => s.messages.push(m),
-                Event::Disconnected(reason) if reason.contains("reconnect") => {
-                    s.moved_at = s.moved_at.or(Some(Instant::now()))
-                }
-                Event::Connected { gateway_id } => s.gateways.push(gateway_id),
-                _ => {}
-            }
-        }
-    });
-    seen
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_moves_2000_sending_clients_gradually_and_loses_nothing() {
@@ -53,17 +24,7 @@ async fn a_draining_gateway_moves_2000_sending_clients_gradually_and_loses_nothi
     .unwrap();
     let servers = vec![cluster.tcp(0), cluster.tcp(1)];
     let names: Vec<String> = (0..N).map(|i| format!("d{i}")).collect();
-    let mut registering = Vec::new();
-    for chunk in names.chunks(100) {
-        let (server, chunk) = (servers[1].clone(), chunk.to_vec());
-        registering.push(tokio::spawn(async move {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            register_users(&server, &refs).await;
-        }));
-    }
-    for r in registering {
-        r.await.unwrap();
-    }
+    register_many(&servers[1], &names).await;
     let mut clients = Vec::new();
     let mut seen = Vec::new();
     for chunk in names.chunks(200) {
@@ -83,22 +44,13 @@ async fn a_draining_gateway_moves_2000_sending_clients_gradually_and_loses_nothi
         }
     }
     // Everybody keeps sending to the next client, across the drain.
-    let mut senders = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
-        let (client, to) = (client.clone(), names[(i + 1) % N].clone());
-        senders.push(tokio::spawn(async move {
-            let mut acks = Vec::new();
-            for k in 0..4u64 {
-                tokio::time::sleep(Duration::from_millis(500 + (i as u64 * 37 + k * 911) % 2000)).await;
-                let ack = client
-                    .send_text(Target::User(to.clone()), &format!("{k}"))
-                    .await
-                    .expect("acknowledged");
-                acks.push((ack.conversation, ack.seq));
-            }
-            acks
-        }));
-    }
+    let senders = ring(
+        &clients,
+        &names,
+        4,
+        |i, k| Duration::from_millis(500 + (i as u64 * 37 + k * 911) % 2000),
+        true,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let drain_started = Instant::now();
     let exit = tokio::task::block_in_place(|| cluster.gateways[0].terminate());
@@ -121,32 +73,14 @@ async fn a_draining_gateway_moves_2000_sending_clients_gradually_and_loses_nothi
         );
     }
     // Nothing acknowledged is lost or shown twice.
-    let deadline = Instant::now() + Duration::from_secs(60);
     for i in 0..N {
-        let mut expected: BTreeSet<(String, u64)> = acked[i].iter().cloned().collect();
-        expected.extend(acked[(i + N - 1) % N].iter().cloned());
-        loop {
-            let s = seen[i].lock().await;
-            let got: BTreeSet<(String, u64)> = s.messages.iter().map(|m| (m.conversation.clone(), m.seq)).collect();
-            if expected.is_subset(&got) {
-                let mut per_conversation: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-                for m in &s.messages {
-                    per_conversation.entry(&m.conversation).or_default().push(m.seq);
-                }
-                for (conversation, seqs) in per_conversation {
-                    assert_eq!(
-                        seqs,
-                        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-                        "{} in {conversation}",
-                        names[i]
-                    );
-                }
-                break;
-            }
-            drop(s);
-            assert!(Instant::now() < deadline, "{} is missing messages", names[i]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert_exactly_once(
+            &names[i],
+            &seen[i],
+            &expected_in_ring(&acked, i),
+            Duration::from_secs(60),
+        )
+        .await;
     }
     // The reconnects are spread over the drain window, not a stampede.
     let mut moved: Vec<Duration> = Vec::new();
