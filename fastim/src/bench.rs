@@ -108,13 +108,10 @@ fn new_histogram() -> Histogram<u64> {
 pub async fn chat(args: BenchChatArgs) -> anyhow::Result<i32> {
     // Senders connect to the first server, receivers to the last (two gateways of a
     // cluster: every message crosses from one to the other).
-    let servers: Vec<String> = args
-        .server
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let (send_to, receive_from) = (servers[0].clone(), servers[servers.len() - 1].clone());
+    let servers: Vec<String> = crate::config::list(&args.server);
+    let (Some(send_to), Some(receive_from)) = (servers.first().cloned(), servers.last().cloned()) else {
+        return Err(anyhow!("--server: no address"));
+    };
     let run = std::process::id();
     let senders: Vec<String> = (0..args.pairs).map(|i| format!("bench-{run}-s{i}")).collect();
     let receivers: Vec<String> = (0..args.pairs).map(|i| format!("bench-{run}-r{i}")).collect();
@@ -304,12 +301,10 @@ pub async fn idle(args: BenchIdleArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn group(args: BenchGroupArgs) -> anyhow::Result<i32> {
-    let servers: Vec<String> = args
-        .server
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let servers: Vec<String> = crate::config::list(&args.server);
+    if servers.is_empty() {
+        return Err(anyhow!("--server: no address"));
+    }
     let run = std::process::id();
     let names: Vec<String> = (0..args.members).map(|i| format!("g{run}-{i}")).collect();
     eprintln!("registering {} users ...", names.len());

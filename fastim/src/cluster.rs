@@ -97,39 +97,21 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
     // A malformed url is a configuration error, not an outage to wait out.
     fastim_logic::store::postgres::parse_url(&args.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
     let id = args.id.clone().unwrap_or_else(|| default_id("logic"));
-    let listener = TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let listener = bind("--grpc", args.grpc).await?;
     let grpc = listener.local_addr()?;
     let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
-    let ready = Readiness::waiting("starting");
-    let http_listener = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
-    let http_addr = http_listener.local_addr()?;
     let jobs = Arc::new(JobState::default());
-    let (health, job_metrics) = (ready.clone(), jobs.clone());
-    let _http = http::spawn(
-        http_listener,
-        Arc::new(move |path: &str| match (health.answer(path), path) {
-            (Some(reply), _) => reply,
-            (None, "/metrics") => Reply::text(200, job_metrics.metrics()),
-            (None, _) => Reply::text(404, "not found\n"),
-        }),
-    );
-    // Scripts and tests learn the HTTP port before the dependencies are up.
-    println!("fastim logic listening http={http_addr}");
+    let job_metrics = jobs.clone();
+    let (ready, http_addr) = serve_http("logic", args.http, move |path| {
+        (path == "/metrics").then(|| Reply::text(200, job_metrics.metrics()))
+    })
+    .await?;
 
     let store = retry(&ready, "PostgreSQL", || {
         PostgresStore::connect(&args.database, args.database_pool)
     })
     .await;
-    let redis_urls: Vec<String> = args
-        .redis
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let redis_urls: Vec<String> = crate::config::list(&args.redis);
     let redis = retry(&ready, "Redis", || {
         RedisConnection::connect(&redis_urls, args.redis_cluster)
     })
@@ -188,32 +170,15 @@ pub async fn logic(args: LogicArgs) -> anyhow::Result<i32> {
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(|| default_id("gateway"));
     let config = crate::config::gateway(&id, &args.gateway)?;
-    let grpc_listener = TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let grpc_listener = bind("--grpc", args.grpc).await?;
     let grpc = grpc_listener.local_addr()?;
     let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
-    let ready = Readiness::waiting("starting");
-    let http_listener = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
-    let http_addr = http_listener.local_addr()?;
     let gateway_cell: Arc<std::sync::OnceLock<Arc<Gateway>>> = Arc::default();
-    let (health, cell) = (ready.clone(), gateway_cell.clone());
-    let _http = http::spawn(
-        http_listener,
-        Arc::new(move |path: &str| {
-            if let Some(reply) = health.answer(path) {
-                return reply;
-            }
-            match (path, cell.get()) {
-                ("/metrics", Some(gateway)) => Reply::text(200, gateway_metrics(gateway)),
-                ("/metrics", None) => Reply::text(200, String::new()),
-                _ => Reply::text(404, "not found\n"),
-            }
-        }),
-    );
-    println!("fastim gateway listening http={http_addr}");
+    let cell = gateway_cell.clone();
+    let (ready, http_addr) = serve_http("gateway", args.http, move |path| {
+        (path == "/metrics").then(|| Reply::text(200, cell.get().map(|g| gateway_metrics(g)).unwrap_or_default()))
+    })
+    .await?;
 
     let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
     let logic_nodes = retry(&ready, "etcd logic directory", || {
@@ -337,19 +302,34 @@ fn gateway_metrics(gateway: &Gateway) -> String {
     )
 }
 
-/// Binds the HTTP port of a process that only answers /healthz and /readyz, and
-/// prints the `listening` line.
-async fn health_only(role: &str, addr: std::net::SocketAddr) -> anyhow::Result<(Readiness, std::net::SocketAddr)> {
-    let ready = Readiness::waiting("starting");
-    let listener = TcpListener::bind(addr)
+/// Binds a listener; the error names the flag.
+async fn bind(flag: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("--http: cannot listen on {addr}"))?;
+        .with_context(|| format!("{flag}: cannot listen on {addr}"))
+}
+
+/// Starts a process's HTTP side: `/healthz` and `/readyz` from the returned
+/// [`Readiness`], other paths from `routes` (404 when it has none), and prints the
+/// `listening` line so scripts learn the port before the dependencies are up.
+async fn serve_http(
+    role: &str,
+    addr: std::net::SocketAddr,
+    routes: impl Fn(&str) -> Option<Reply> + Send + Sync + 'static,
+) -> anyhow::Result<(Readiness, std::net::SocketAddr)> {
+    let ready = Readiness::waiting("starting");
+    let listener = bind("--http", addr).await?;
     let http_addr = listener.local_addr()?;
     let health = ready.clone();
     // Detached: it lives as long as the process.
     drop(http::spawn(
         listener,
-        Arc::new(move |path: &str| health.answer(path).unwrap_or_else(|| Reply::text(404, "not found\n"))),
+        Arc::new(move |path: &str| {
+            health
+                .answer(path)
+                .or_else(|| routes(path))
+                .unwrap_or_else(|| Reply::text(404, "not found\n"))
+        }),
     ));
     println!("fastim {role} listening http={http_addr}");
     Ok((ready, http_addr))
@@ -357,12 +337,10 @@ async fn health_only(role: &str, addr: std::net::SocketAddr) -> anyhow::Result<(
 
 pub async fn idgen(args: IdgenArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(|| default_id("idgen"));
-    let listener = TcpListener::bind(args.grpc)
-        .await
-        .with_context(|| format!("--grpc: cannot listen on {}", args.grpc))?;
+    let listener = bind("--grpc", args.grpc).await?;
     let grpc = listener.local_addr()?;
     let advertise = args.advertise.clone().unwrap_or_else(|| grpc.to_string());
-    let (ready, http_addr) = health_only("idgen", args.http).await?;
+    let (ready, http_addr) = serve_http("idgen", args.http, |_| None).await?;
     let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
     let worker = retry(&ready, "etcd worker id", || {
         WorkerLease::acquire(etcd.clone(), WORKER_PREFIX, fastim_idgen::MAX_WORKER + 1, LEASE_TTL)
@@ -417,31 +395,20 @@ pub fn rank_gateways(entries: &std::collections::BTreeMap<String, String>) -> Ve
 }
 
 pub async fn lsb(args: LsbArgs) -> anyhow::Result<i32> {
-    let ready = Readiness::waiting("starting");
-    let listener = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
-    let http_addr = listener.local_addr()?;
     let directory: Arc<std::sync::OnceLock<Directory>> = Arc::default();
-    let (health, dir) = (ready.clone(), directory.clone());
-    let _http = http::spawn(
-        listener,
-        Arc::new(move |path: &str| {
-            if let Some(reply) = health.answer(path) {
-                return reply;
-            }
-            let ranked = dir.get().map(|d| rank_gateways(&d.all())).unwrap_or_default();
-            match path {
-                "/v1/gateway" => match ranked.first() {
-                    Some(best) => Reply::json(200, best.to_string()),
-                    None => Reply::text(503, "no gateway registered\n"),
-                },
-                "/v1/gateways" => Reply::json(200, serde_json::Value::from(ranked).to_string()),
-                _ => Reply::text(404, "not found\n"),
-            }
-        }),
-    );
-    println!("fastim lsb listening http={http_addr}");
+    let dir = directory.clone();
+    let (ready, http_addr) = serve_http("lsb", args.http, move |path| {
+        let ranked = || dir.get().map(|d| rank_gateways(&d.all())).unwrap_or_default();
+        match path {
+            "/v1/gateway" => Some(match ranked().first() {
+                Some(best) => Reply::json(200, best.to_string()),
+                None => Reply::text(503, "no gateway registered\n"),
+            }),
+            "/v1/gateways" => Some(Reply::json(200, serde_json::Value::from(ranked()).to_string())),
+            _ => None,
+        }
+    })
+    .await?;
     let etcd = retry(&ready, "etcd", || fastim_cluster::connect(&args.etcd)).await;
     let gateways = retry(&ready, "etcd gateway directory", || {
         Directory::start(etcd.clone(), GATEWAY_PREFIX)

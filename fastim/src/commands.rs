@@ -18,12 +18,7 @@ fn password() -> anyhow::Result<String> {
 
 fn config(args: &ClientArgs, kind: DeviceKind, receive: bool) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new("", &args.user, &password()?);
-    config.servers = args
-        .server
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
+    config.servers = crate::config::list(&args.server);
     config.device_kind = kind;
     config.receive = receive;
     config.lsb = args.lsb.clone();
@@ -44,7 +39,10 @@ async fn connect(config: ClientConfig) -> anyhow::Result<(Client, tokio::sync::m
 
 pub async fn register(args: ClientArgs) -> anyhow::Result<i32> {
     let password = password()?;
-    let server = args.server.split(',').next().unwrap_or_default().trim().to_owned();
+    let server = crate::config::list(&args.server)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("--server: no address"))?;
     let (mut reader, mut writer) = fastim_client::connection::connect(&server, 1 << 20)
         .await
         .map_err(explain)?;

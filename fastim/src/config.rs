@@ -52,6 +52,15 @@ fn set_env(key: &str, value: &str) {
     unsafe { std::env::set_var(key, value) }
 }
 
+/// A comma-separated flag value as a list (blanks dropped).
+pub fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 pub fn logic(flags: &LogicFlags) -> anyhow::Result<LogicConfig> {
     let config = LogicConfig {
         heartbeat_interval: Duration::from_millis(flags.heartbeat_ms),
