@@ -55,7 +55,12 @@ impl Command {
     pub fn is_server(&self) -> bool {
         matches!(
             self,
-            Command::Standalone(_) | Command::Gateway(_) | Command::Logic(_) | Command::Lsb(_)
+            Command::Standalone(_)
+                | Command::Gateway(_)
+                | Command::Logic(_)
+                | Command::Lsb(_)
+                | Command::Idgen(_)
+                | Command::Operator(OperatorCommand::Run(_))
         )
     }
 
@@ -70,6 +75,7 @@ impl Command {
                 print!("{}", fastim_operator::crd_yaml());
                 Ok(0)
             }
+            Command::Operator(OperatorCommand::Run(args)) => crate::operator::run(args).await,
             Command::Register(args) => crate::commands::register(args).await,
             Command::Send(args) => crate::commands::send(args).await,
             Command::Group(GroupCommand::Create(args)) => crate::commands::group_create(args).await,
@@ -194,6 +200,37 @@ pub struct LsbArgs {
 pub enum OperatorCommand {
     /// Print the IMCluster CustomResourceDefinition (YAML).
     Crd,
+    /// Run the operator: reconcile IMClusters into Deployments, Services, HPAs...
+    ///
+    /// Reaches the Kubernetes API through the in-cluster service account, or
+    /// KUBECONFIG / ~/.kube/config outside a cluster.
+    Run(OperatorRunArgs),
+}
+
+/// `fastim operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct OperatorRunArgs {
+    /// HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "FASTIM_HTTP", default_value = "0.0.0.0:8080")]
+    pub http: SocketAddr,
+    /// Watch IMClusters of this namespace only (default: all namespaces).
+    #[arg(long, env = "FASTIM_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "FASTIM_LEASE_NAME", default_value = "fastim-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: POD_NAMESPACE, else the client's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This candidate's identity in the Lease (default: POD_NAME, else hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Act without leader election (a single operator process, e.g. run locally).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// A kubeconfig file to use instead of the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 /// `fastim idgen`: unique ids for the cluster.

@@ -46,7 +46,7 @@ const JOBS_ELECTION: &str = "/fastim/election/jobs";
 /// Lease TTL of registrations and worker ids.
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
-fn default_id(role: &str) -> String {
+pub(crate) fn default_id(role: &str) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
@@ -312,7 +312,7 @@ async fn bind(flag: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
 /// Starts a process's HTTP side: `/healthz` and `/readyz` from the returned
 /// [`Readiness`], other paths from `routes` (404 when it has none), and prints the
 /// `listening` line so scripts learn the port before the dependencies are up.
-async fn serve_http(
+pub(crate) async fn serve_http(
     role: &str,
     addr: std::net::SocketAddr,
     routes: impl Fn(&str) -> Option<Reply> + Send + Sync + 'static,

@@ -2,7 +2,7 @@
 //!
 //! Servers: `standalone` (gateway + logic + ids + embedded store in one process).
 //! Clients: `register`, `send`, `group create`, `recv`, `chat`.
-//! Load: `bench chat` and `bench idle`.
+//! Load: `bench chat` and `bench idle`. Kubernetes: `operator crd`, `operator run`.
 
 mod bench;
 mod cli;
@@ -10,6 +10,7 @@ mod cluster;
 mod commands;
 mod config;
 mod http;
+mod operator;
 mod standalone;
 
 use clap::Parser;

@@ -4,11 +4,13 @@
 //! one is a Degraded condition, not a crash), server-side apply every desired object
 //! with one field manager, then write the status (replica counts from the applied
 //! Deployments, conditions, the client endpoint, the gateway selector for the scale
-//! subresource) through the status subresource. Errors go to `error_policy`, which
-//! retries with a delay; the controller keeps running.
+//! subresource) through the status subresource, and publish a Kubernetes Event for
+//! each notable transition (created, spec changed, ready, degraded, recovered).
+//! Errors become a Warning Event and go to `error_policy`, which retries with a
+//! delay; the controller keeps running.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -17,12 +19,14 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{ComponentStatus, IMCluster, IMClusterStatus, SecretKeyRef};
 use crate::desired::{self, Component, FIELD_MANAGER};
+use crate::metrics::Metrics;
 
 /// Errors of one reconciliation.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,25 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Context {
     /// The API client.
     pub client: Client,
+    /// Publishes Kubernetes Events about IMClusters.
+    pub recorder: Recorder,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// A context whose Events name `instance` (the operator pod) as their reporter.
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
+    }
 }
 
 /// How often a healthy cluster is looked at again even without changes.
@@ -49,22 +72,37 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a degraded cluster (missing Secret) is retried.
 pub const DEGRADED_RETRY: Duration = Duration::from_secs(30);
 
-/// Applies the desired state of `cluster` and records its status.
+/// Applies the desired state of `cluster`, records its status and publishes the
+/// Events of what changed. A failure is published as a Warning Event too.
 pub async fn reconcile(cluster: Arc<IMCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = apply_and_report(&cluster, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    if let Err(error) = &result {
+        let notice = Notice::warning("ReconcileFailed", format!("will retry: {error}"));
+        publish(&ctx, &cluster, &notice).await;
+    }
+    result
+}
+
+async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
 
-    if let Some(missing) = missing_secret(client, &ns, &cluster).await? {
+    if let Some(missing) = missing_secret(client, &ns, cluster).await? {
         let status = status(
-            &cluster,
+            cluster,
             None,
             Some(("MissingSecret", format!("Secret {missing} does not exist"))),
         );
-        patch_status(client, &ns, &cluster, status).await?;
+        patch_status(client, &ns, cluster, &status).await?;
+        for notice in transitions(cluster.status.as_ref(), &status, false) {
+            publish(ctx, cluster, &notice).await;
+        }
         return Ok(Action::requeue(DEGRADED_RETRY));
     }
 
-    let desired = desired::desired(&cluster);
+    let desired = desired::desired(cluster);
     apply(client, &ns, &desired.service_account).await?;
     apply(client, &ns, &desired.config_map).await?;
     let mut deployments = Vec::new();
@@ -78,9 +116,125 @@ pub async fn reconcile(cluster: Arc<IMCluster>, ctx: Arc<Context>) -> Result<Act
     for autoscaler in &desired.autoscalers {
         apply::<HorizontalPodAutoscaler>(client, &ns, autoscaler).await?;
     }
-    let status = status(&cluster, Some(&deployments), None);
-    patch_status(client, &ns, &cluster, status).await?;
+    let status = status(cluster, Some(&deployments), None);
+    patch_status(client, &ns, cluster, &status).await?;
+    for notice in transitions(cluster.status.as_ref(), &status, true) {
+        publish(ctx, cluster, &notice).await;
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// An Event to publish about an IMCluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Warning (something needs attention) or Normal.
+    pub warning: bool,
+    /// PascalCase reason, shown by `kubectl describe`.
+    pub reason: String,
+    /// Human-readable details.
+    pub note: String,
+}
+
+impl Notice {
+    fn normal(reason: &str, note: String) -> Notice {
+        Notice {
+            warning: false,
+            reason: reason.into(),
+            note,
+        }
+    }
+
+    fn warning(reason: &str, note: String) -> Notice {
+        Notice {
+            warning: true,
+            reason: reason.into(),
+            note,
+        }
+    }
+}
+
+fn condition_status<'a>(status: Option<&'a IMClusterStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The Events worth publishing when the status goes from `previous` to `next`
+/// (`applied`: the desired objects were just applied).
+pub fn transitions(previous: Option<&IMClusterStatus>, next: &IMClusterStatus, applied: bool) -> Vec<Notice> {
+    let is_true = |status: Option<&IMClusterStatus>, type_: &str| {
+        condition_status(status, type_).is_some_and(|c| c.status == "True")
+    };
+    let mut notices = Vec::new();
+    let first = previous.is_none_or(|p| p.observed_generation.is_none() && p.conditions.is_empty());
+    if applied && first {
+        notices.push(Notice::normal(
+            "Created",
+            "applied the configuration, the ServiceAccount, 3 Deployments and the gateway Service".into(),
+        ));
+    } else if applied && previous.and_then(|p| p.observed_generation) != next.observed_generation {
+        notices.push(Notice::normal(
+            "SpecChanged",
+            format!(
+                "applied generation {}",
+                next.observed_generation.map(|g| g.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    let (was_degraded, degraded) = (is_true(previous, "Degraded"), is_true(Some(next), "Degraded"));
+    if degraded && !was_degraded {
+        let c = condition_status(Some(next), "Degraded").expect("checked above");
+        notices.push(Notice::warning(&c.reason, c.message.clone()));
+    } else if was_degraded && !degraded {
+        notices.push(Notice::normal("Recovered", "the spec can be realised again".into()));
+    }
+    let (was_ready, ready) = (is_true(previous, "Ready"), is_true(Some(next), "Ready"));
+    let counts = |s: &IMClusterStatus| {
+        format!(
+            "gateway {}/{}, logic {}/{}, idgen {}/{} ready",
+            s.gateway.ready_replicas,
+            s.gateway.replicas,
+            s.logic.ready_replicas,
+            s.logic.replicas,
+            s.id_allocator.ready_replicas,
+            s.id_allocator.replicas
+        )
+    };
+    if ready && !was_ready {
+        notices.push(Notice::normal("Ready", counts(next)));
+    } else if was_ready && !ready && !degraded {
+        notices.push(Notice::warning("NotReady", counts(next)));
+    }
+    notices
+}
+
+/// The state `/metrics` reports for a cluster: Degraded, Ready or Progressing.
+pub fn cluster_state(cluster: &IMCluster) -> &'static str {
+    let status = cluster.status.as_ref();
+    let is_true = |type_: &str| condition_status(status, type_).is_some_and(|c| c.status == "True");
+    if is_true("Degraded") {
+        "Degraded"
+    } else if is_true("Ready") {
+        "Ready"
+    } else {
+        "Progressing"
+    }
+}
+
+/// Publishes an Event; a failure to publish is logged, never fatal.
+async fn publish(ctx: &Context, cluster: &IMCluster, notice: &Notice) {
+    let event = Event {
+        type_: if notice.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: notice.reason.clone(),
+        note: Some(notice.note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(name = %cluster.name_any(), reason = %notice.reason, %error, "cannot publish an Event");
+    }
 }
 
 /// After a failed reconciliation: log, and try again later.
@@ -212,7 +366,7 @@ fn condition(
     }
 }
 
-async fn patch_status(client: &Client, ns: &str, cluster: &IMCluster, status: IMClusterStatus) -> Result<()> {
+async fn patch_status(client: &Client, ns: &str, cluster: &IMCluster, status: &IMClusterStatus) -> Result<()> {
     let api: Api<IMCluster> = Api::namespaced(client.clone(), ns);
     let patch = serde_json::json!({
         "apiVersion": IMCluster::api_version(&()),

@@ -8,12 +8,19 @@
 //!   server-side apply; tests check them without a cluster.
 //! - [`controller`]: `reconcile` and `error_policy`: apply the desired state, write
 //!   the status with conditions; a spec that cannot be realised (a missing Secret) is
-//!   reported as Degraded and retried.
+//!   reported as Degraded and retried; Kubernetes Events for notable transitions.
+//! - [`leader`]: leader election on a `coordination.k8s.io` Lease.
+//! - [`metrics`]: the operator's Prometheus metrics.
+//! - [`run`]: `fastim operator run`: leader election, then the kube-rs `Controller`
+//!   watching IMClusters and the objects they own.
 #![forbid(unsafe_code)]
 
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod leader;
+pub mod metrics;
+pub mod run;
 
 pub use crd::{IMCluster, IMClusterSpec, IMClusterStatus};
 

@@ -1,18 +1,21 @@
 //! Reconcile scenarios against kube's mocked API service: every request the
-//! reconciler makes is asserted (method, path, body), and answered.
+//! reconciler makes is asserted (method, path, body), and answered, the Events it
+//! publishes included.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fastim_operator::IMCluster;
 use fastim_operator::controller::{Context, DEGRADED_RETRY, RESYNC, error_policy, reconcile};
+use fastim_operator::metrics::Metrics;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod common;
+use common::{Expect, Handle, patch, serve};
 
 fn cluster(spec_extra: Value, status: Option<Value>) -> IMCluster {
     let mut spec = json!({
@@ -35,63 +38,33 @@ fn cluster(spec_extra: Value, status: Option<Value>) -> IMCluster {
     serde_json::from_value(object).unwrap()
 }
 
-/// One expected request: method, path, and the answer (`None`: echo the body back).
-struct Expect {
-    method: &'static str,
-    path: String,
-    status: u16,
-    reply: Option<Value>,
+fn context() -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let metrics = Arc::new(Metrics::default());
+    (
+        Arc::new(Context::new(Client::new(service, "im"), Some("op-0".into()), metrics)),
+        handle,
+    )
 }
 
-fn patch(path: &str) -> Expect {
+/// An Event published about the cluster (events.k8s.io/v1).
+fn event() -> Expect {
     Expect {
-        method: "PATCH",
-        path: path.into(),
-        status: 200,
+        method: "POST",
+        path: "/apis/events.k8s.io/v1/namespaces/im/events".into(),
+        status: 201,
         reply: None,
     }
 }
 
-/// Serves `expected` in order; returns the request bodies.
-fn serve(mut handle: Handle, expected: Vec<Expect>) -> tokio::task::JoinHandle<Vec<Value>> {
-    tokio::spawn(async move {
-        let mut bodies = Vec::new();
-        for e in expected {
-            let (request, send) = handle.next_request().await.expect("the reconciler made this request");
-            assert_eq!(request.method().as_str(), e.method, "{}", request.uri());
-            assert_eq!(request.uri().path(), e.path);
-            if e.method == "PATCH" {
-                let query = request.uri().query().unwrap_or_default();
-                assert!(
-                    query.contains("fieldManager=fastim-operator") && query.contains("force=true"),
-                    "{query}"
-                );
-            }
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap()
-            };
-            let reply = e.reply.unwrap_or_else(|| body.clone());
-            bodies.push(body);
-            let response = Response::builder()
-                .status(e.status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()));
-            send.send_response(response.unwrap());
-        }
-        bodies
-    })
-}
-
-fn context() -> (Arc<Context>, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (
-        Arc::new(Context {
-            client: Client::new(service, "im"),
-        }),
-        handle,
-    )
+/// Asserts an Event body: type, reason, and that it regards the IMCluster.
+fn assert_event(body: &Value, type_: &str, reason: &str) {
+    assert_eq!(body["type"], type_, "{body}");
+    assert_eq!(body["reason"], reason, "{body}");
+    assert_eq!(body["regarding"]["kind"], "IMCluster");
+    assert_eq!(body["regarding"]["name"], "chat");
+    assert_eq!(body["reportingController"], "fastim-operator");
+    assert_eq!(body["reportingInstance"], "op-0");
 }
 
 fn secret() -> Expect {
@@ -155,10 +128,16 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
 #[tokio::test]
 async fn first_creation_applies_everything_and_reports_progress() {
     let (ctx, handle) = context();
-    let server = serve(handle, full_pass(0));
-    let action = reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
+    let mut expected = full_pass(0);
+    expected.push(event());
+    let server = serve(handle, expected);
+    let action = reconcile(Arc::new(cluster(json!({}), None)), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
-    let bodies = server.await.unwrap();
+    let bodies = server.finish().await;
+    assert_event(&bodies[8], "Normal", "Created");
+    assert!(ctx.metrics.render(&[]).contains("fastim_operator_reconciles_total 1\n"));
     // The applied objects are exactly the desired ones, with kind and owner.
     assert_eq!(bodies[1]["kind"], "ServiceAccount");
     assert_eq!(bodies[3]["metadata"]["ownerReferences"][0]["kind"], "IMCluster");
@@ -181,21 +160,30 @@ async fn first_creation_applies_everything_and_reports_progress() {
 
 #[tokio::test]
 async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
-    // First pass with everything ready: Ready flips to True.
+    // First pass with everything ready: created, and Ready flips to True.
     let (ctx, handle) = context();
-    let server = serve(handle, full_pass(2));
+    let mut expected = full_pass(2);
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
     reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
-    let first = server.await.unwrap();
+    let first = server.finish().await;
     let status = first[7]["status"].clone();
     assert_eq!(condition(&first[7], "Ready")["status"], "True");
+    assert_event(&first[8], "Normal", "Created");
+    assert_event(&first[9], "Normal", "Ready");
+    assert!(
+        first[9]["note"].as_str().unwrap().contains("gateway 2/2"),
+        "{}",
+        first[9]
+    );
     // Second pass on the object carrying that status: the same requests, the same
-    // applied objects, and lastTransitionTime unchanged.
+    // applied objects, lastTransitionTime unchanged, and no Event.
     let (ctx, handle) = context();
     let server = serve(handle, full_pass(2));
     reconcile(Arc::new(cluster(json!({}), Some(status))), ctx)
         .await
         .unwrap();
-    let second = server.await.unwrap();
+    let second = server.finish().await;
     assert_eq!(first[..7], second[..7], "idempotent apply bodies");
     for kind in ["Ready", "Progressing", "Degraded"] {
         assert_eq!(
@@ -207,34 +195,38 @@ async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
 
 #[tokio::test]
 async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
+    // The cluster as it was: reconciled and ready at generation 2.
     let (ctx, handle) = context();
     let mut expected = full_pass(2);
-    let status = expected.pop().unwrap();
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
+    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
+    let before = server.finish().await;
+    let mut status = before[7]["status"].clone();
+    status["observedGeneration"] = json!(2);
+    // Generation 3 changes the configuration and adds autoscaling.
+    let (ctx, handle) = context();
+    let mut expected = full_pass(2);
+    let status_patch = expected.pop().unwrap();
     expected.push(patch(
         "/apis/autoscaling/v2/namespaces/im/horizontalpodautoscalers/chat-gateway",
     ));
-    expected.push(status);
+    expected.extend([status_patch, event()]);
     let server = serve(handle, expected);
     let spec = json!({
         "config": { "FASTIM_HEARTBEAT_MS": "15000" },
         "gateway": { "autoscaling": { "minReplicas": 2, "maxReplicas": 8, "targetConnectionsPerPod": 5000 } },
     });
-    reconcile(Arc::new(cluster(spec, None)), ctx).await.unwrap();
-    let bodies = server.await.unwrap();
+    reconcile(Arc::new(cluster(spec, Some(status))), ctx).await.unwrap();
+    let bodies = server.finish().await;
     assert_eq!(bodies[2]["data"]["FASTIM_HEARTBEAT_MS"], "15000");
-    let hash = bodies[5]["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (ctx, handle) = context();
-    let server = serve(handle, full_pass(2));
-    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
-    let before = server.await.unwrap();
-    assert_ne!(
-        before[5]["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"],
-        hash.as_str()
-    );
+    // The new configuration hash rolls the pods.
+    let hash = |b: &Value| b["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"].clone();
+    assert_ne!(hash(&before[5]), hash(&bodies[5]));
     assert_eq!(bodies[7]["spec"]["scaleTargetRef"]["kind"], "IMCluster");
+    assert_eq!(bodies[8]["status"]["observedGeneration"], 3);
+    assert_event(&bodies[9], "Normal", "SpecChanged");
+    assert!(bodies[9]["note"].as_str().unwrap().contains("generation 3"));
 }
 
 #[tokio::test]
@@ -251,11 +243,14 @@ async fn a_missing_secret_is_reported_as_degraded_and_retried() {
                 ..secret()
             },
             status_patch(),
+            event(),
         ],
     );
     let action = reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
     assert_eq!(action, Action::requeue(DEGRADED_RETRY));
-    let bodies = server.await.unwrap();
+    let bodies = server.finish().await;
+    assert_event(&bodies[2], "Warning", "MissingSecret");
+    assert!(bodies[2]["note"].as_str().unwrap().contains("fastim-db"));
     let degraded = condition(&bodies[1], "Degraded");
     assert_eq!(
         (degraded["status"].as_str(), degraded["reason"].as_str()),
@@ -279,14 +274,22 @@ async fn an_api_error_goes_to_the_error_policy() {
                 reply: Some(failure),
                 ..patch("/api/v1/namespaces/im/serviceaccounts/chat-fastim")
             },
+            event(),
         ],
     );
     let object = Arc::new(cluster(json!({}), None));
     let error = reconcile(object.clone(), ctx.clone()).await.unwrap_err();
     assert!(error.to_string().contains("etcd leader changed"), "{error}");
     assert_eq!(
-        error_policy(object, &error, ctx),
+        error_policy(object, &error, ctx.clone()),
         Action::requeue(Duration::from_secs(15))
     );
-    server.await.unwrap();
+    let bodies = server.finish().await;
+    assert_event(&bodies[2], "Warning", "ReconcileFailed");
+    assert!(bodies[2]["note"].as_str().unwrap().contains("etcd leader changed"));
+    assert!(
+        ctx.metrics
+            .render(&[])
+            .contains("fastim_operator_reconcile_errors_total 1\n")
+    );
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub mod cluster;
 pub mod http;
+pub mod kubeapi;
 pub mod traffic;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
