@@ -1,13 +1,14 @@
 //! The reconciler: makes the cluster hold what [`crate::desired`] says, and reports.
 //!
 //! `reconcile` reads top to bottom: check the Secrets the spec references (a missing
-//! one is a Degraded condition, not a crash), server-side apply every desired object
-//! with one field manager, then write the status (replica counts from the applied
+//! one is a Degraded condition, not a crash); server-side apply every desired object
+//! with one field manager, and delete a PodDisruptionBudget or HorizontalPodAutoscaler
+//! the spec no longer asks for; write the status (replica counts from the applied
 //! Deployments, conditions, the client endpoint, the gateway selector for the scale
-//! subresource) through the status subresource, and publish a Kubernetes Event for
-//! each notable transition (created, spec changed, ready, degraded, recovered).
-//! Errors become a Warning Event and go to `error_policy`, which retries with a
-//! delay; the controller keeps running.
+//! subresource) through the status subresource; publish a Kubernetes Event for each
+//! notable transition (created, spec changed, ready, degraded, recovered). Errors
+//! become a Warning Event and go to `error_policy`, which retries with a delay; the
+//! controller keeps running.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -116,6 +117,10 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
     for autoscaler in &desired.autoscalers {
         apply::<HorizontalPodAutoscaler>(client, &ns, autoscaler).await?;
     }
+    // A budget or autoscaler switched off in the spec must go: a stale HPA would
+    // keep scaling the cluster.
+    prune(client, &ns, cluster, &desired.disruption_budgets).await?;
+    prune(client, &ns, cluster, &desired.autoscalers).await?;
     let status = status(cluster, Some(&deployments), None);
     patch_status(client, &ns, cluster, &status).await?;
     for notice in transitions(cluster.status.as_ref(), &status, true) {
@@ -251,6 +256,36 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?)
+}
+
+/// Deletes the objects of kind `K` that `cluster` controls but no longer wants.
+async fn prune<K>(client: &Client, ns: &str, cluster: &IMCluster, wanted: &[K]) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={FIELD_MANAGER}",
+        cluster.name_any()
+    );
+    let uid = cluster.uid();
+    for object in api.list(&ListParams::default().labels(&selector)).await? {
+        let controlled = object
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref());
+        let name = object.name_any();
+        if controlled && !wanted.iter().any(|w| w.name_any() == name) {
+            tracing::info!(namespace = ns, %name, kind = %K::kind(&K::DynamicType::default()), "deleting what the spec no longer asks for");
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first referenced Secret that does not exist, as `name`.

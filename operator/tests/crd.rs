@@ -46,12 +46,15 @@ fn errors(spec: serde_json::Value) -> String {
 
 #[test]
 fn committed_crd_is_up_to_date() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/imcluster.yaml"))
-        .expect("crds/imcluster.yaml exists");
-    assert!(
-        committed == fastim_operator::crd_yaml(),
-        "crds/imcluster.yaml is stale: run `cargo run -p fastim -- operator crd > crds/imcluster.yaml`"
-    );
+    // The CRD, and the Helm chart's copy of it (Helm installs CRDs from its crds/ folder).
+    for file in ["crds/imcluster.yaml", "charts/fastim-operator/crds/imcluster.yaml"] {
+        let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            committed == fastim_operator::crd_yaml(),
+            "{file} is stale: run `cargo run -p fastim -- operator crd | tee crds/imcluster.yaml > charts/fastim-operator/crds/imcluster.yaml`"
+        );
+    }
 }
 
 #[test]

@@ -103,6 +103,19 @@ fn status_patch() -> Expect {
     }
 }
 
+/// The list of owned objects of one kind, to prune what is no longer wanted.
+fn owned_list(path: &str, items: Vec<Value>) -> Expect {
+    Expect {
+        method: "GET",
+        path: path.into(),
+        status: 200,
+        reply: Some(json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items })),
+    }
+}
+
+const PDBS: &str = "/apis/policy/v1/namespaces/im/poddisruptionbudgets";
+const HPAS: &str = "/apis/autoscaling/v2/namespaces/im/horizontalpodautoscalers";
+
 fn full_pass(ready: i32) -> Vec<Expect> {
     vec![
         secret(),
@@ -112,9 +125,14 @@ fn full_pass(ready: i32) -> Vec<Expect> {
         deployment("chat-idgen", ready),
         deployment("chat-gateway", ready),
         patch("/api/v1/namespaces/im/services/chat-gateway"),
+        owned_list(PDBS, vec![]),
+        owned_list(HPAS, vec![]),
         status_patch(),
     ]
 }
+
+/// Body index of the status patch in [`full_pass`].
+const STATUS: usize = 9;
 
 fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
     status["status"]["conditions"]
@@ -136,7 +154,7 @@ async fn first_creation_applies_everything_and_reports_progress() {
         .unwrap();
     assert_eq!(action, Action::requeue(RESYNC));
     let bodies = server.finish().await;
-    assert_event(&bodies[8], "Normal", "Created");
+    assert_event(&bodies[STATUS + 1], "Normal", "Created");
     assert!(ctx.metrics.render(&[]).contains("fastim_operator_reconciles_total 1\n"));
     // The applied objects are exactly the desired ones, with kind and owner.
     assert_eq!(bodies[1]["kind"], "ServiceAccount");
@@ -145,7 +163,7 @@ async fn first_creation_applies_everything_and_reports_progress() {
         bodies[5]["spec"]["template"]["spec"]["containers"][0]["args"][0],
         "gateway"
     );
-    let status = &bodies[7];
+    let status = &bodies[STATUS];
     assert_eq!(status["kind"], "IMCluster");
     assert_eq!(condition(status, "Ready")["status"], "False");
     assert_eq!(condition(status, "Progressing")["status"], "True");
@@ -167,14 +185,14 @@ async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
     let server = serve(handle, expected);
     reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
     let first = server.finish().await;
-    let status = first[7]["status"].clone();
-    assert_eq!(condition(&first[7], "Ready")["status"], "True");
-    assert_event(&first[8], "Normal", "Created");
-    assert_event(&first[9], "Normal", "Ready");
+    let status = first[STATUS]["status"].clone();
+    assert_eq!(condition(&first[STATUS], "Ready")["status"], "True");
+    assert_event(&first[STATUS + 1], "Normal", "Created");
+    assert_event(&first[STATUS + 2], "Normal", "Ready");
     assert!(
-        first[9]["note"].as_str().unwrap().contains("gateway 2/2"),
+        first[STATUS + 2]["note"].as_str().unwrap().contains("gateway 2/2"),
         "{}",
-        first[9]
+        first[STATUS + 2]
     );
     // Second pass on the object carrying that status: the same requests, the same
     // applied objects, lastTransitionTime unchanged, and no Event.
@@ -184,11 +202,11 @@ async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
         .await
         .unwrap();
     let second = server.finish().await;
-    assert_eq!(first[..7], second[..7], "idempotent apply bodies");
+    assert_eq!(first[..STATUS], second[..STATUS], "idempotent apply bodies");
     for kind in ["Ready", "Progressing", "Degraded"] {
         assert_eq!(
-            condition(&first[7], kind)["lastTransitionTime"],
-            condition(&second[7], kind)["lastTransitionTime"]
+            condition(&first[STATUS], kind)["lastTransitionTime"],
+            condition(&second[STATUS], kind)["lastTransitionTime"]
         );
     }
 }
@@ -202,16 +220,13 @@ async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     let server = serve(handle, expected);
     reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
     let before = server.finish().await;
-    let mut status = before[7]["status"].clone();
+    let mut status = before[STATUS]["status"].clone();
     status["observedGeneration"] = json!(2);
     // Generation 3 changes the configuration and adds autoscaling.
     let (ctx, handle) = context();
     let mut expected = full_pass(2);
-    let status_patch = expected.pop().unwrap();
-    expected.push(patch(
-        "/apis/autoscaling/v2/namespaces/im/horizontalpodautoscalers/chat-gateway",
-    ));
-    expected.extend([status_patch, event()]);
+    expected.insert(7, patch(&format!("{HPAS}/chat-gateway")));
+    expected.push(event());
     let server = serve(handle, expected);
     let spec = json!({
         "config": { "FASTIM_HEARTBEAT_MS": "15000" },
@@ -224,9 +239,48 @@ async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     let hash = |b: &Value| b["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"].clone();
     assert_ne!(hash(&before[5]), hash(&bodies[5]));
     assert_eq!(bodies[7]["spec"]["scaleTargetRef"]["kind"], "IMCluster");
-    assert_eq!(bodies[8]["status"]["observedGeneration"], 3);
-    assert_event(&bodies[9], "Normal", "SpecChanged");
-    assert!(bodies[9]["note"].as_str().unwrap().contains("generation 3"));
+    assert_eq!(bodies[STATUS + 1]["status"]["observedGeneration"], 3);
+    assert_event(&bodies[STATUS + 2], "Normal", "SpecChanged");
+    assert!(bodies[STATUS + 2]["note"].as_str().unwrap().contains("generation 3"));
+}
+
+#[tokio::test]
+async fn switching_autoscaling_off_deletes_the_autoscaler() {
+    // The API holds an HPA and a budget of this cluster, another cluster's HPA, and
+    // an HPA that merely carries our labels; the spec wants none of them.
+    let owner = |uid: &str| json!([{ "apiVersion": "fastim.io/v1alpha1", "kind": "IMCluster", "name": "chat", "uid": uid, "controller": true }]);
+    let object = |kind: &str, name: &str, owners: Value| {
+        let api_version = if kind == "PodDisruptionBudget" {
+            "policy/v1"
+        } else {
+            "autoscaling/v2"
+        };
+        json!({ "apiVersion": api_version, "kind": kind, "metadata": { "name": name, "namespace": "im", "ownerReferences": owners } })
+    };
+    let (ctx, handle) = context();
+    let mut expected = full_pass(2);
+    expected[7] = owned_list(PDBS, vec![object("PodDisruptionBudget", "chat-gateway", owner("u-1"))]);
+    expected[8] = owned_list(
+        HPAS,
+        vec![
+            object("HorizontalPodAutoscaler", "chat-gateway", owner("u-1")),
+            object("HorizontalPodAutoscaler", "chat-old", owner("u-0")),
+            object("HorizontalPodAutoscaler", "chat-manual", json!([])),
+        ],
+    );
+    let deleted = |path: String| Expect {
+        method: "DELETE",
+        path,
+        status: 200,
+        reply: Some(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
+    };
+    expected.insert(8, deleted(format!("{PDBS}/chat-gateway")));
+    expected.insert(10, deleted(format!("{HPAS}/chat-gateway")));
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
+    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
+    let bodies = server.finish().await;
+    assert_eq!(condition(&bodies[STATUS + 2], "Ready")["status"], "True");
 }
 
 #[tokio::test]
