@@ -64,6 +64,9 @@ pub enum ClientError {
     /// The client was closed, or kicked out by a newer login.
     #[error("client closed: {0}")]
     Closed(String),
+    /// The client's own settings are unusable (e.g. an unreadable CA file).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ClientError {
@@ -72,7 +75,7 @@ impl ClientError {
         match self {
             ClientError::Disconnected(_) | ClientError::Timeout(_) | ClientError::Unreachable(_) => true,
             ClientError::Server(e) => e.retriable || e.code() == ErrorCode::Unavailable,
-            ClientError::Protocol(_) | ClientError::Closed(_) => false,
+            ClientError::Protocol(_) | ClientError::Closed(_) | ClientError::Config(_) => false,
         }
     }
 
@@ -88,8 +91,12 @@ impl ClientError {
 /// Settings of a client.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Servers to try in turn: `host:port` (TCP) or `ws://host:port/` (WebSocket).
+    /// Servers to try in turn: `host:port` (TCP) or `ws://host:port/` (WebSocket);
+    /// `tls://host:port` and `wss://host:port/` inside TLS.
     pub servers: Vec<String>,
+    /// TLS settings for `tls://` and `wss://` servers (`None`: the system's roots);
+    /// see [`connection::tls_config`].
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     /// An LSB (`http://host:port`): when set, each connect asks it for the least
     /// loaded gateway first, and falls back to `servers` when it cannot answer.
     pub lsb: Option<String>,
@@ -125,6 +132,7 @@ impl ClientConfig {
     pub fn new(server: &str, user: &str, password: &str) -> ClientConfig {
         ClientConfig {
             servers: vec![server.to_owned()],
+            tls: None,
             lsb: None,
             prefer_websocket: false,
             user: user.to_owned(),
@@ -462,10 +470,12 @@ impl Shared {
 
     async fn login(&self, server: &str, token: &str) -> Result<Session, ClientError> {
         let timeout = self.config.request_timeout;
-        let (mut reader, mut writer) =
-            tokio::time::timeout(timeout, connection::connect(server, self.config.max_frame_body))
-                .await
-                .map_err(|_| ClientError::Unreachable(format!("{server}: connect timed out")))??;
+        let (mut reader, mut writer) = tokio::time::timeout(
+            timeout,
+            connection::connect_with(server, self.config.max_frame_body, self.config.tls.as_ref()),
+        )
+        .await
+        .map_err(|_| ClientError::Unreachable(format!("{server}: connect timed out")))??;
         let login = pb::LoginRequest {
             user: self.config.user.clone(),
             password: if token.is_empty() {

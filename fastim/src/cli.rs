@@ -132,6 +132,13 @@ pub struct GatewayFlags {
     /// Connections per second asked to reconnect while shutting down.
     #[arg(long, env = "FASTIM_DRAIN_RATE", default_value_t = 500)]
     pub drain_rate: u32,
+    /// TLS certificate chain (PEM): with --tls-key, both listeners require TLS
+    /// (frames inside TLS on --tcp, wss:// on --ws).
+    #[arg(long, env = "FASTIM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "FASTIM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Settings of logic (standalone and `fastim logic`).
@@ -325,9 +332,13 @@ impl Kind {
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Server address: host:port (TCP) or ws://host:port/ (WebSocket); comma-separated to try several.
+    /// Server address: host:port (TCP) or ws://host:port/ (WebSocket), tls://host:port or
+    /// wss://host:port/ inside TLS; comma-separated to try several.
     #[arg(long, env = "FASTIM_SERVER", default_value = "127.0.0.1:7000")]
     pub server: String,
+    /// A CA certificate (PEM) to trust for tls:// and wss:// servers, besides the system's.
+    #[arg(long, env = "FASTIM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Ask this LSB (http://host:port) for the least loaded gateway first.
     #[arg(long, env = "FASTIM_LSB")]
     pub lsb: Option<String>,

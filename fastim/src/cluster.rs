@@ -273,7 +273,10 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
     };
     ready.set_ready();
     tracing::info!(%id, %tcp, %ws, %grpc, "fastim gateway started");
-    println!("fastim gateway ready tcp={tcp} ws={ws} grpc={grpc} http={http_addr} id={id}");
+    println!(
+        "fastim gateway ready tcp={tcp} ws={ws} grpc={grpc} http={http_addr} id={id} tls={}",
+        gateway.config.tls.is_some()
+    );
     let shutdown = async {
         shutdown_signal().await;
         // Not ready from the first moment of the drain: load balancers stop sending.

@@ -22,7 +22,16 @@ fn config(args: &ClientArgs, kind: DeviceKind, receive: bool) -> anyhow::Result<
     config.device_kind = kind;
     config.receive = receive;
     config.lsb = args.lsb.clone();
+    config.tls = tls(args)?;
     Ok(config)
+}
+
+/// TLS settings when --tls-ca is given (otherwise the system's roots are used).
+fn tls(args: &ClientArgs) -> anyhow::Result<Option<std::sync::Arc<fastim_client::connection::TlsConfig>>> {
+    args.tls_ca
+        .as_deref()
+        .map(|ca| fastim_client::connection::tls_config(Some(ca)).map_err(|e| anyhow!("--tls-ca {e}")))
+        .transpose()
 }
 
 /// Turns a client error into one clear line.
@@ -43,7 +52,7 @@ pub async fn register(args: ClientArgs) -> anyhow::Result<i32> {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("--server: no address"))?;
-    let (mut reader, mut writer) = fastim_client::connection::connect(&server, 1 << 20)
+    let (mut reader, mut writer) = fastim_client::connection::connect_with(&server, 1 << 20, tls(&args)?.as_ref())
         .await
         .map_err(explain)?;
     let request = pb::RegisterRequest {

@@ -92,6 +92,12 @@ pub fn gateway(id: &str, flags: &GatewayFlags) -> anyhow::Result<GatewayConfig> 
         frame_burst: flags.frame_burst,
         max_connections: flags.max_connections,
         drain_rate: flags.drain_rate,
+        tls: match (&flags.tls_cert, &flags.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(fastim_gateway::tls::server_config(cert, key).map_err(|e| anyhow!("TLS: {e}"))?)
+            }
+            _ => None,
+        },
         ..GatewayConfig::default()
     };
     config

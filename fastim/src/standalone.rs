@@ -41,9 +41,11 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<i32> {
     let ws = listeners.ws.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(data_dir = %args.data_dir.display(), "fastim standalone started");
     // One machine-readable line for scripts and tests that start us on port 0.
+    let tls = gateway.config.tls.is_some();
     println!(
-        "fastim standalone ready tcp={} ws=ws://{}/",
+        "fastim standalone ready tcp={} ws={}://{}/ tls={tls}",
         tcp.map(|a| a.to_string()).unwrap_or_default(),
+        if tls { "wss" } else { "ws" },
         ws.map(|a| a.to_string()).unwrap_or_default()
     );
     server::serve(gateway, listeners, shutdown_signal()).await;

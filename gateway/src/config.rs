@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     pub drain_rate: u32,
     /// Longest drain before the remaining connections are closed.
     pub drain_timeout: Duration,
+    /// TLS on both listeners (see [`crate::tls::server_config`]); `None`: plain.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for GatewayConfig {
@@ -53,6 +55,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             drain_rate: 500,
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }

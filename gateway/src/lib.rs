@@ -18,6 +18,7 @@ pub mod connection;
 pub mod registry;
 pub mod remote;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;

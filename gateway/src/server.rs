@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::Gateway;
 use crate::connection;
 use crate::registry::Outbound;
-use crate::transport::Transport;
+use crate::transport::{Stream, Transport};
 
 /// Bound listeners, so callers learn the real ports before serving.
 pub struct Listeners {
@@ -122,6 +122,21 @@ async fn accept_loop(gateway: Arc<Gateway>, listener: TcpListener, websocket: bo
 
 async fn start(gateway: Arc<Gateway>, stream: TcpStream, websocket: bool) {
     let max_body = gateway.config.max_frame_body;
+    let stream = match &gateway.config.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => {
+            // The handshake counts against the login deadline.
+            let handshake = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(stream);
+            match tokio::time::timeout(gateway.config.auth_timeout, handshake).await {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    };
     let mut transport = if websocket {
         let mut ws_config = WebSocketConfig::default();
         ws_config.read_buffer_size = 4096;

@@ -1,17 +1,24 @@
 //! The two ways a client connects: FastIM frames on a TCP stream, or one frame per
 //! WebSocket binary message. The connection loop sees only [`Transport`].
 //!
-//! Idle connections are the common case, so the TCP side holds no read buffer
+//! Either may run inside TLS ([`Stream::Tls`]).
+//!
+//! Idle connections are the common case, so the plain TCP side holds no read buffer
 //! while it waits: it waits for readability first and allocates only when bytes
-//! arrive, and drops the buffer again once every byte has been decoded.
+//! arrive, and drops the buffer again once every byte has been decoded. (Inside TLS
+//! the read goes through rustls, which buffers decrypted bytes itself, so the
+//! socket's readability says nothing: that side reads directly.)
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use fastim_proto::{Frame, FrameCodec, FrameError};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::Decoder;
@@ -19,12 +26,52 @@ use tokio_util::codec::Decoder;
 /// Smallest read allocation; a frame larger than this grows the buffer to fit.
 const READ_CHUNK: usize = 1024;
 
+/// A client's byte stream: the socket, or TLS on it.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A client connection's byte transport.
 pub enum Transport {
     /// Frames back to back on a TCP stream.
     Tcp {
-        /// The socket.
-        stream: TcpStream,
+        /// The socket, or TLS on it.
+        stream: Stream,
         /// Bytes received but not yet decoded; empty (unallocated) when idle.
         buf: BytesMut,
         /// Frame decoder with the configured maximum body size.
@@ -33,7 +80,7 @@ pub enum Transport {
     /// One frame per binary WebSocket message.
     WebSocket {
         /// The upgraded socket.
-        ws: Box<WebSocketStream<TcpStream>>,
+        ws: Box<WebSocketStream<Stream>>,
         /// Maximum body size of a frame.
         max_body: usize,
     },
@@ -41,7 +88,7 @@ pub enum Transport {
 
 impl Transport {
     /// A TCP transport.
-    pub fn tcp(stream: TcpStream, max_body: usize) -> Transport {
+    pub fn tcp(stream: Stream, max_body: usize) -> Transport {
         Transport::Tcp {
             stream,
             buf: BytesMut::new(),
@@ -59,11 +106,23 @@ impl Transport {
                 if buf.is_empty() && buf.capacity() > 0 {
                     *buf = BytesMut::new();
                 }
-                stream.readable().await?;
-                if buf.capacity() - buf.len() < READ_CHUNK {
-                    buf.reserve(READ_CHUNK);
-                }
-                match stream.try_read_buf(buf) {
+                let read = match stream {
+                    Stream::Plain(socket) => {
+                        socket.readable().await?;
+                        if buf.capacity() - buf.len() < READ_CHUNK {
+                            buf.reserve(READ_CHUNK);
+                        }
+                        socket.try_read_buf(buf)
+                    }
+                    Stream::Tls(tls) => {
+                        if buf.capacity() - buf.len() < READ_CHUNK {
+                            buf.reserve(READ_CHUNK);
+                        }
+                        // Cancel-safe: bytes land in `buf` only when the read completes.
+                        tls.read_buf(buf).await
+                    }
+                };
+                match read {
                     Ok(0) if buf.is_empty() => return Ok(None),
                     Ok(0) => return Err(FrameError::Truncated),
                     Ok(_) => {}

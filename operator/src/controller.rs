@@ -25,7 +25,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{ComponentStatus, IMCluster, IMClusterStatus, SecretKeyRef};
+use crate::crd::{ComponentStatus, IMCluster, IMClusterStatus};
 use crate::desired::{self, Component, FIELD_MANAGER};
 use crate::metrics::Metrics;
 
@@ -291,11 +291,12 @@ where
 /// The first referenced Secret that does not exist, as `name`.
 async fn missing_secret(client: &Client, ns: &str, cluster: &IMCluster) -> Result<Option<String>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut wanted: Vec<&SecretKeyRef> = vec![&cluster.spec.database.url_secret];
-    wanted.extend(cluster.spec.redis.url_secret.as_ref());
-    for secret in wanted {
-        if secrets.get_opt(&secret.name).await?.is_none() {
-            return Ok(Some(secret.name.clone()));
+    let mut wanted: Vec<&str> = vec![&cluster.spec.database.url_secret.name];
+    wanted.extend(cluster.spec.redis.url_secret.as_ref().map(|s| s.name.as_str()));
+    wanted.extend(cluster.spec.gateway.service.tls_secret.as_deref());
+    for name in wanted {
+        if secrets.get_opt(name).await?.is_none() {
+            return Ok(Some(name.to_owned()));
         }
     }
     Ok(None)

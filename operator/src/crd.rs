@@ -165,7 +165,8 @@ pub struct GatewayService {
     /// Annotations of the Service (load-balancer settings).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    /// Secret (type kubernetes.io/tls) with the certificate for TLS listeners.
+    /// Secret (type kubernetes.io/tls: tls.crt, tls.key) with the gateway's certificate:
+    /// when set, both ports require TLS (frames inside TLS, and wss://).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret: Option<String>,
 }

@@ -17,7 +17,8 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Probe, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -31,6 +32,12 @@ use crate::crd::{ComponentSpec, IMCluster, SecretKeyRef};
 pub const FIELD_MANAGER: &str = "fastim-operator";
 /// Pod-template annotation with the configuration hash.
 pub const CONFIG_HASH: &str = "fastim.io/config-hash";
+/// The gateway's client ports inside its pod (TCP frames, WebSocket).
+pub const GATEWAY_TCP_PORT: i32 = 7000;
+/// See [`GATEWAY_TCP_PORT`].
+pub const GATEWAY_WS_PORT: i32 = 7001;
+/// Where the gateway's TLS Secret is mounted.
+pub const TLS_DIR: &str = "/etc/fastim/tls";
 /// Replicas of a component when the spec says nothing.
 pub const DEFAULT_REPLICAS: i32 = 2;
 
@@ -255,18 +262,22 @@ pub fn deployment(cluster: &IMCluster, component: Component, config_hash: &str) 
     }
     let mut lifecycle = None;
     let mut grace = None;
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
     if component == Component::Gateway {
         let service = &cluster.spec.gateway.service;
-        args.push(format!("--tcp=0.0.0.0:{}", service.tcp_port));
-        args.push(format!("--ws=0.0.0.0:{}", service.ws_port));
+        // Fixed, unprivileged ports in the pod; the Service maps its ports (443, say)
+        // to them by name.
+        args.push(format!("--tcp=0.0.0.0:{GATEWAY_TCP_PORT}"));
+        args.push(format!("--ws=0.0.0.0:{GATEWAY_WS_PORT}"));
         ports.push(ContainerPort {
             name: Some("tcp".into()),
-            container_port: service.tcp_port,
+            container_port: GATEWAY_TCP_PORT,
             ..ContainerPort::default()
         });
         ports.push(ContainerPort {
             name: Some("ws".into()),
-            container_port: service.ws_port,
+            container_port: GATEWAY_WS_PORT,
             ..ContainerPort::default()
         });
         // Let the Service stop sending new clients before SIGTERM starts the drain.
@@ -280,6 +291,25 @@ pub fn deployment(cluster: &IMCluster, component: Component, config_hash: &str) 
             ..Lifecycle::default()
         });
         grace = Some(cluster.spec.gateway.drain.grace_period_seconds + 10);
+        if let Some(secret) = &service.tls_secret {
+            // A kubernetes.io/tls Secret: tls.crt and tls.key, mounted read-only.
+            args.push(format!("--tls-cert={TLS_DIR}/tls.crt"));
+            args.push(format!("--tls-key={TLS_DIR}/tls.key"));
+            volumes.push(Volume {
+                name: "tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "tls".into(),
+                mount_path: TLS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
     }
     if component == Component::Logic {
         env.push(secret_env("FASTIM_DATABASE", &cluster.spec.database.url_secret));
@@ -302,6 +332,7 @@ pub fn deployment(cluster: &IMCluster, component: Component, config_hash: &str) 
         liveness_probe: Some(http_probe(http, "/healthz", 10)),
         resources: spec.resources.clone(),
         lifecycle,
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Container::default()
     };
     let pull_secrets = cluster
@@ -321,6 +352,7 @@ pub fn deployment(cluster: &IMCluster, component: Component, config_hash: &str) 
             .then(|| spec.topology_spread_constraints.clone()),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
         termination_grace_period_seconds: grace,
+        volumes: (!volumes.is_empty()).then_some(volumes),
         ..PodSpec::default()
     };
     let strategy = (component == Component::Gateway).then(|| DeploymentStrategy {

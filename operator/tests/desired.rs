@@ -39,7 +39,7 @@ fn full() -> serde_json::Value {
         "nodeSelector": { "pool": "edge" },
         "disruptionBudget": { "maxUnavailable": 1 },
         "autoscaling": { "minReplicas": 2, "maxReplicas": 20, "targetCpuUtilization": 70, "targetConnectionsPerPod": 10000 },
-        "service": { "type": "LoadBalancer", "tcpPort": 7000, "wsPort": 443,
+        "service": { "type": "LoadBalancer", "tcpPort": 7000, "wsPort": 443, "tlsSecret": "fastim-tls",
                      "annotations": { "service.beta.kubernetes.io/aws-load-balancer-type": "nlb" } },
         "drain": { "ratePerSecond": 200, "gracePeriodSeconds": 120 },
     });
