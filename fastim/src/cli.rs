@@ -132,6 +132,9 @@ pub struct GatewayFlags {
     /// Connections per second asked to reconnect while shutting down.
     #[arg(long, env = "FASTIM_DRAIN_RATE", default_value_t = 500)]
     pub drain_rate: u32,
+    /// Longest drain in seconds; the clients still connected then are closed.
+    #[arg(long, env = "FASTIM_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
     /// TLS certificate chain (PEM): with --tls-key, both listeners require TLS
     /// (frames inside TLS on --tcp, wss:// on --ws).
     #[arg(long, env = "FASTIM_TLS_CERT", requires = "tls_key")]

@@ -92,6 +92,7 @@ pub fn gateway(id: &str, flags: &GatewayFlags) -> anyhow::Result<GatewayConfig> 
         frame_burst: flags.frame_burst,
         max_connections: flags.max_connections,
         drain_rate: flags.drain_rate,
+        drain_timeout: Duration::from_secs(flags.drain_timeout_secs),
         tls: match (&flags.tls_cert, &flags.tls_key) {
             (Some(cert), Some(key)) => {
                 Some(fastim_gateway::tls::server_config(cert, key).map_err(|e| anyhow!("TLS: {e}"))?)

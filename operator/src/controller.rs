@@ -10,7 +10,8 @@
 //! become a Warning Event and go to `error_policy`, which retries with a delay; the
 //! controller keeps running.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -51,6 +52,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Consecutive failures per cluster (`namespace/name`), for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -64,6 +67,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            failures: Mutex::default(),
         }
     }
 }
@@ -79,6 +83,12 @@ pub async fn reconcile(cluster: Arc<IMCluster>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     let result = apply_and_report(&cluster, &ctx).await;
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(&cluster));
+    }
     if let Err(error) = &result {
         let notice = Notice::warning("ReconcileFailed", format!("will retry: {error}"));
         publish(&ctx, &cluster, &notice).await;
@@ -242,10 +252,28 @@ async fn publish(ctx: &Context, cluster: &IMCluster, notice: &Notice) {
     }
 }
 
-/// After a failed reconciliation: log, and try again later.
-pub fn error_policy(cluster: Arc<IMCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(namespace = ?cluster.namespace(), name = %cluster.name_any(), %error, "reconcile failed; retrying in 15 s");
-    Action::requeue(Duration::from_secs(15))
+/// After a failed reconciliation: log, and try again later, backing off
+/// exponentially per cluster ([`RETRY_FIRST`] doubling up to [`RETRY_MAX`]) until a
+/// reconciliation succeeds.
+pub fn error_policy(cluster: Arc<IMCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key(&cluster)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = RETRY_FIRST.saturating_mul(1 << (failures - 1).min(16)).min(RETRY_MAX);
+    tracing::warn!(namespace = ?cluster.namespace(), name = %cluster.name_any(), %error, failures, "reconcile failed; retrying in {delay:?}");
+    Action::requeue(delay)
+}
+
+/// First retry after a failure.
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// Longest retry delay.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+fn key(cluster: &IMCluster) -> String {
+    format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
 }
 
 async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<K>

@@ -150,6 +150,11 @@ pub fn config_map(cluster: &IMCluster) -> ConfigMap {
             "FASTIM_DRAIN_RATE".to_string(),
             spec.gateway.drain.rate_per_second.to_string(),
         ),
+        (
+            // The drain ends before the pod's grace period (this + 10 s) does.
+            "FASTIM_DRAIN_TIMEOUT_SECS".to_string(),
+            spec.gateway.drain.grace_period_seconds.to_string(),
+        ),
         ("FASTIM_LOG".to_string(), "info".to_string()),
     ]);
     if let Some(pool) = spec.database.pool {

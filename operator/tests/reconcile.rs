@@ -334,9 +334,24 @@ async fn an_api_error_goes_to_the_error_policy() {
     let object = Arc::new(cluster(json!({}), None));
     let error = reconcile(object.clone(), ctx.clone()).await.unwrap_err();
     assert!(error.to_string().contains("etcd leader changed"), "{error}");
+    // Retries back off exponentially: 5 s, 10 s, 20 s, ... up to 5 minutes.
+    let delays: Vec<Action> = (0..9)
+        .map(|_| error_policy(object.clone(), &error, ctx.clone()))
+        .collect();
+    let secs = |s: u64| Action::requeue(Duration::from_secs(s));
     assert_eq!(
-        error_policy(object, &error, ctx.clone()),
-        Action::requeue(Duration::from_secs(15))
+        delays,
+        [
+            secs(5),
+            secs(10),
+            secs(20),
+            secs(40),
+            secs(80),
+            secs(160),
+            secs(300),
+            secs(300),
+            secs(300)
+        ]
     );
     let bodies = server.finish().await;
     assert_event(&bodies[2], "Warning", "ReconcileFailed");
