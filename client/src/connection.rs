@@ -55,8 +55,9 @@ pub async fn connect(server: &str, max_body: usize) -> Result<(FrameReader, Fram
     connect_with(server, max_body, None).await
 }
 
-/// TLS settings for `tls://` and `wss://` servers: the system's root certificates,
-/// plus the CA certificates (PEM) of `extra_ca` when given (a private CA).
+/// TLS settings for `tls://` and `wss://` servers: the system's root certificates
+/// (`SSL_CERT_FILE` / `SSL_CERT_DIR` override where they are read from), plus the CA
+/// certificates (PEM) of `extra_ca` when given (a private CA).
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable system certificates are skipped; with none, only `extra_ca` is trusted.
@@ -92,7 +93,11 @@ pub async fn connect_with(
     let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{server}: {e}"));
     let tls_settings = || match tls {
         Some(config) => Ok(config.clone()),
-        None => tls_config(None),
+        // Loading the system's roots reads and parses files: once per process.
+        None => {
+            static SYSTEM: std::sync::OnceLock<Result<Arc<TlsConfig>, ClientError>> = std::sync::OnceLock::new();
+            SYSTEM.get_or_init(|| tls_config(None)).clone()
+        }
     };
     if server.starts_with("ws://") || server.starts_with("wss://") {
         let connector = if server.starts_with("wss://") {
