@@ -75,5 +75,5 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("shutdown requested: draining");
+    tracing::info!("shutdown requested");
 }

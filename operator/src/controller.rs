@@ -1,7 +1,8 @@
 //! The reconciler: makes the cluster hold what [`crate::desired`] says, and reports.
 //!
 //! `reconcile` reads top to bottom: check the Secrets the spec references (a missing
-//! one is a Degraded condition, not a crash); server-side apply every desired object
+//! one is a Degraded condition, not a crash) and whether its etcd, Redis and database
+//! answer (if not: Degraded too, but applied all the same); server-side apply every desired object
 //! with one field manager, and delete a PodDisruptionBudget or HorizontalPodAutoscaler
 //! the spec no longer asks for; write the status (replica counts from the applied
 //! Deployments, conditions, the client endpoint, the gateway selector for the scale
@@ -10,7 +11,7 @@
 //! become a Warning Event and go to `error_policy`, which retries with a delay; the
 //! controller keeps running.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,9 +27,10 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::crd::{ComponentStatus, IMCluster, IMClusterStatus};
+use crate::crd::{ComponentStatus, IMCluster, IMClusterStatus, SecretKeyRef};
 use crate::desired::{self, Component, FIELD_MANAGER};
 use crate::metrics::Metrics;
+use crate::probe::{self, Probe, Reference};
 
 /// Errors of one reconciliation.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Checks that referenced services answer (a TCP connect; tests replace it).
+    pub probe: Probe,
     /// Consecutive failures per cluster (`namespace/name`), for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -67,8 +71,15 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            probe: probe::tcp(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with another reachability probe.
+    pub fn with_probe(mut self, probe: Probe) -> Context {
+        self.probe = probe;
+        self
     }
 }
 
@@ -100,18 +111,24 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
 
-    if let Some(missing) = missing_secret(client, &ns, cluster).await? {
-        let status = status(
-            cluster,
-            None,
-            Some(("MissingSecret", format!("Secret {missing} does not exist"))),
-        );
-        patch_status(client, &ns, cluster, &status).await?;
-        for notice in transitions(cluster.status.as_ref(), &status, false) {
-            publish(ctx, cluster, &notice).await;
+    let secrets = match referenced_secrets(client, &ns, cluster).await? {
+        Ok(secrets) => secrets,
+        Err(missing) => {
+            let status = status(
+                cluster,
+                None,
+                Some(("MissingSecret", format!("Secret {missing} does not exist"))),
+            );
+            patch_status(client, &ns, cluster, &status).await?;
+            for notice in transitions(cluster.status.as_ref(), &status, false) {
+                publish(ctx, cluster, &notice).await;
+            }
+            return Ok(Action::requeue(DEGRADED_RETRY));
         }
-        return Ok(Action::requeue(DEGRADED_RETRY));
-    }
+    };
+    // Unreachable etcd, Redis or database: applied all the same (the pods wait for
+    // it and the reference may come up any moment), but reported as Degraded.
+    let unreachable = probe::first_unreachable(&ctx.probe, references(cluster, &secrets)).await;
 
     let desired = desired::desired(cluster);
     apply(client, &ns, &desired.service_account).await?;
@@ -131,12 +148,16 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
     // keep scaling the cluster.
     prune(client, &ns, cluster, &desired.disruption_budgets).await?;
     prune(client, &ns, cluster, &desired.autoscalers).await?;
-    let status = status(cluster, Some(&deployments), None);
+    let status = status(cluster, Some(&deployments), unreachable.clone());
     patch_status(client, &ns, cluster, &status).await?;
     for notice in transitions(cluster.status.as_ref(), &status, true) {
         publish(ctx, cluster, &notice).await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if unreachable.is_some() {
+        DEGRADED_RETRY
+    } else {
+        RESYNC
+    }))
 }
 
 /// An Event to publish about an IMCluster.
@@ -316,18 +337,65 @@ where
     Ok(())
 }
 
-/// The first referenced Secret that does not exist, as `name`.
-async fn missing_secret(client: &Client, ns: &str, cluster: &IMCluster) -> Result<Option<String>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+/// The Secrets the spec references, by name; `Err(name)` names the first missing one.
+async fn referenced_secrets(
+    client: &Client,
+    ns: &str,
+    cluster: &IMCluster,
+) -> Result<std::result::Result<BTreeMap<String, Secret>, String>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut wanted: Vec<&str> = vec![&cluster.spec.database.url_secret.name];
     wanted.extend(cluster.spec.redis.url_secret.as_ref().map(|s| s.name.as_str()));
     wanted.extend(cluster.spec.gateway.service.tls_secret.as_deref());
+    let mut found = BTreeMap::new();
     for name in wanted {
-        if secrets.get_opt(name).await?.is_none() {
-            return Ok(Some(name.to_owned()));
+        if found.contains_key(name) {
+            continue;
         }
+        match api.get_opt(name).await? {
+            Some(secret) => found.insert(name.to_owned(), secret),
+            None => return Ok(Err(name.to_owned())),
+        };
     }
-    Ok(None)
+    Ok(Ok(found))
+}
+
+/// The text of a Secret key, if present and UTF-8.
+fn secret_text(secrets: &BTreeMap<String, Secret>, key: &SecretKeyRef) -> Option<String> {
+    let data = secrets.get(&key.name)?.data.as_ref()?;
+    String::from_utf8(data.get(&key.key)?.0.clone()).ok()
+}
+
+/// The services the pods will need, with the addresses to probe.
+fn references(cluster: &IMCluster, secrets: &BTreeMap<String, Secret>) -> Vec<Reference> {
+    let spec = &cluster.spec;
+    let redis_urls = match &spec.redis.url_secret {
+        Some(key) => secret_text(secrets, key)
+            .map(|urls| urls.split(',').map(|u| u.trim().to_owned()).collect())
+            .unwrap_or_default(),
+        None => spec.redis.urls.clone(),
+    };
+    let addresses = |urls: &[String], port| urls.iter().filter_map(|u| probe::endpoint(u, port)).collect();
+    vec![
+        Reference {
+            what: "etcd",
+            reason: "EtcdUnreachable",
+            addresses: addresses(&spec.etcd.endpoints, 2379),
+        },
+        Reference {
+            what: "Redis",
+            reason: "RedisUnreachable",
+            addresses: addresses(&redis_urls, 6379),
+        },
+        Reference {
+            what: "the database",
+            reason: "DatabaseUnreachable",
+            addresses: secret_text(secrets, &spec.database.url_secret)
+                .and_then(|url| probe::endpoint(&url, 5432))
+                .into_iter()
+                .collect(),
+        },
+    ]
 }
 
 fn component_status(cluster: &IMCluster, component: Component, deployments: Option<&[Deployment]>) -> ComponentStatus {

@@ -11,6 +11,7 @@
 //!   reported as Degraded and retried; Kubernetes Events for notable transitions.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`]: the operator's Prometheus metrics.
+//! - [`probe`]: whether the etcd, Redis and database an IMCluster references answer.
 //! - [`run`]: `fastim operator run`: leader election, then the kube-rs `Controller`
 //!   watching IMClusters and the objects they own.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod crd;
 pub mod desired;
 pub mod leader;
 pub mod metrics;
+pub mod probe;
 pub mod run;
 
 pub use crd::{IMCluster, IMClusterSpec, IMClusterStatus};

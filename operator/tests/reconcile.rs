@@ -8,6 +8,7 @@ use std::time::Duration;
 use fastim_operator::IMCluster;
 use fastim_operator::controller::{Context, DEGRADED_RETRY, RESYNC, error_policy, reconcile};
 use fastim_operator::metrics::Metrics;
+use fastim_operator::probe::Probe;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
@@ -39,12 +40,24 @@ fn cluster(spec_extra: Value, status: Option<Value>) -> IMCluster {
 }
 
 fn context() -> (Arc<Context>, Handle) {
+    context_with_down(&[])
+}
+
+/// A context whose reachability probe finds `down` (host:port) not answering.
+fn context_with_down(down: &'static [&'static str]) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let metrics = Arc::new(Metrics::default());
-    (
-        Arc::new(Context::new(Client::new(service, "im"), Some("op-0".into()), metrics)),
-        handle,
-    )
+    let probe: Probe = Arc::new(move |addr: String| {
+        Box::pin(async move {
+            if down.contains(&addr.as_str()) {
+                Err("connection refused".to_string())
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let context = Context::new(Client::new(service, "im"), Some("op-0".into()), metrics).with_probe(probe);
+    (Arc::new(context), handle)
 }
 
 /// An Event published about the cluster (events.k8s.io/v1).
@@ -72,7 +85,11 @@ fn secret() -> Expect {
         method: "GET",
         path: "/api/v1/namespaces/im/secrets/fastim-db".into(),
         status: 200,
-        reply: Some(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "fastim-db" } })),
+        // data.url: postgres://fastim@db:5432/fastim
+        reply: Some(
+            json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "fastim-db" },
+                            "data": { "url": "cG9zdGdyZXM6Ly9mYXN0aW1AZGI6NTQzMi9mYXN0aW0=" } }),
+        ),
     }
 }
 
@@ -312,6 +329,43 @@ async fn a_missing_secret_is_reported_as_degraded_and_retried() {
     );
     assert!(degraded["message"].as_str().unwrap().contains("fastim-db"));
     assert_eq!(condition(&bodies[1], "Ready")["status"], "False");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_degraded_but_everything_is_applied() {
+    let (ctx, handle) = context_with_down(&["db:5432"]);
+    let mut expected = full_pass(2);
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
+    let action = reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(DEGRADED_RETRY), "checked again soon");
+    let bodies = server.finish().await;
+    let degraded = condition(&bodies[STATUS], "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("DatabaseUnreachable"))
+    );
+    assert_eq!(
+        degraded["message"],
+        "the database does not answer at any address (db:5432: connection refused)"
+    );
+    assert_eq!(condition(&bodies[STATUS], "Ready")["status"], "False");
+    assert_event(&bodies[STATUS + 1], "Normal", "Created");
+    assert_event(&bodies[STATUS + 2], "Warning", "DatabaseUnreachable");
+    // Once it answers, the next pass recovers: Degraded flips back, with an Event.
+    let previous = bodies[STATUS]["status"].clone();
+    let (ctx, handle) = context();
+    let mut expected = full_pass(2);
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
+    let action = reconcile(Arc::new(cluster(json!({}), Some(previous))), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(RESYNC));
+    let bodies = server.finish().await;
+    assert_eq!(condition(&bodies[STATUS], "Degraded")["status"], "False");
+    assert_event(&bodies[STATUS + 1], "Normal", "Recovered");
+    assert_event(&bodies[STATUS + 2], "Normal", "Ready");
 }
 
 #[tokio::test]

@@ -81,20 +81,27 @@ async fn an_unreachable_api_is_waited_for_not_ready_and_alive() {
     assert_eq!(op.terminate(), Some(0), "SIGTERM while waiting stops cleanly");
 }
 
+/// Two IMClusters and their database Secret. The etcd and Redis of `chat` point at
+/// the fake API's own port, which accepts connections, so the operator's reachability
+/// probe (a TCP connect) finds them up; `broken`'s etcd is a closed port. (The Secret
+/// carries no URL, so the database is not probed.)
 fn seed(api: &FakeApi) {
-    api.insert(
-        "imclusters",
-        json!({
-            "apiVersion": "fastim.io/v1alpha1", "kind": "IMCluster",
-            "metadata": { "name": "chat", "namespace": "im", "uid": "u-1", "generation": 1 },
-            "spec": {
-                "image": "fastim:test",
-                "etcd": { "endpoints": ["http://etcd:2379"] },
-                "redis": { "urls": ["redis://redis:6379/"] },
-                "database": { "urlSecret": { "name": "fastim-db", "key": "url" } },
-            },
-        }),
-    );
+    let reachable = api.addr.to_string();
+    for (name, uid, etcd) in [("chat", "u-1", reachable.as_str()), ("broken", "u-2", "127.0.0.1:1")] {
+        api.insert(
+            "imclusters",
+            json!({
+                "apiVersion": "fastim.io/v1alpha1", "kind": "IMCluster",
+                "metadata": { "name": name, "namespace": "im", "uid": uid, "generation": 1 },
+                "spec": {
+                    "image": "fastim:test",
+                    "etcd": { "endpoints": [format!("http://{etcd}")] },
+                    "redis": { "urls": [format!("redis://{reachable}/")] },
+                    "database": { "urlSecret": { "name": "fastim-db", "key": "url" } },
+                },
+            }),
+        );
+    }
     api.insert(
         "secrets",
         json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "fastim-db", "namespace": "im" } }),
@@ -140,11 +147,38 @@ async fn one_of_two_operators_leads_reconciles_and_hands_over_on_shutdown() {
         .await;
     let event = api
         .wait_for("Created event", Duration::from_secs(30), |s| {
-            s.method == "POST" && s.path == "/apis/events.k8s.io/v1/namespaces/im/events"
+            s.method == "POST"
+                && s.path == "/apis/events.k8s.io/v1/namespaces/im/events"
+                && s.body["regarding"]["name"] == "chat"
         })
         .await;
     assert_eq!(event.body["reason"], "Created");
     assert_eq!(event.body["reportingInstance"], "op-a");
+    // The cluster whose etcd does not answer is applied too, but Degraded, with an Event.
+    let warning = api
+        .wait_for("EtcdUnreachable event", Duration::from_secs(30), |s| {
+            s.method == "POST" && s.body["regarding"]["name"] == "broken" && s.body["type"] == "Warning"
+        })
+        .await;
+    assert_eq!(warning.body["reason"], "EtcdUnreachable");
+    assert!(
+        warning.body["note"].as_str().unwrap().contains("127.0.0.1:1: "),
+        "{}",
+        warning.body
+    );
+    let broken = api.get("imclusters", "im", "broken").unwrap();
+    let degraded = broken["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        api.get("deployments", "im", "broken-gateway").is_some(),
+        "applied all the same"
+    );
     let cluster = api.get("imclusters", "im", "chat").unwrap();
     assert_eq!(cluster["status"]["observedGeneration"], 1);
     assert_eq!(cluster["status"]["endpoint"], "chat-gateway.im.svc:7000");
@@ -167,7 +201,7 @@ async fn one_of_two_operators_leads_reconciles_and_hands_over_on_shutdown() {
         assert_eq!(leader(&first), Some(1));
         let text = http::get(&first.get("http"), "/metrics").unwrap().1;
         assert!(
-            text.contains("fastim_operator_clusters{state=\"Progressing\"} 1"),
+            text.contains("fastim_operator_clusters{state=\"Progressing\"} 2"),
             "{text}"
         );
         assert!(first.metric("fastim_operator_reconciles_total").unwrap() >= 1);
