@@ -128,7 +128,7 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
     };
     // Unreachable etcd, Redis or database: applied all the same (the pods wait for
     // it and the reference may come up any moment), but reported as Degraded.
-    let unreachable = probe::first_unreachable(&ctx.probe, references(cluster, &secrets)).await;
+    let unreachable = probe::first_unreachable(&ctx.probe, references(cluster, &secrets), &ns).await;
 
     let desired = desired::desired(cluster);
     apply(client, &ns, &desired.service_account).await?;

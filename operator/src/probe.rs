@@ -53,6 +53,30 @@ pub fn endpoint(url: &str, default_port: u16) -> Option<String> {
     })
 }
 
+/// Where `addr` (`host:port`, as the IMCluster names it) is found from the operator's
+/// pod. The components resolve a relative name such as `etcd` or `etcd-0.etcd` in the
+/// IMCluster's namespace, but the operator runs in its own: try the name qualified
+/// with `namespace` first (`etcd.chat.svc:2379`), then as given (an external host).
+/// IP addresses and names already ending in `.svc`/`.svc.cluster.local` are used as
+/// they are.
+pub fn candidates(addr: &str, namespace: &str) -> Vec<String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return vec![addr.to_owned()];
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let absolute = bare.parse::<std::net::IpAddr>().is_ok()
+        || bare.ends_with('.')
+        || bare.ends_with(".svc")
+        || bare.ends_with(".svc.cluster.local")
+        || bare == "localhost"
+        || namespace.is_empty();
+    if absolute {
+        vec![addr.to_owned()]
+    } else {
+        vec![format!("{bare}.{namespace}.svc:{port}"), addr.to_owned()]
+    }
+}
+
 /// One referenced service: its name in messages, the reason when it is down, and
 /// the addresses of which one must answer.
 pub struct Reference {
@@ -64,8 +88,13 @@ pub struct Reference {
     pub addresses: Vec<String>,
 }
 
-/// The first reference none of whose addresses answers: (reason, message).
-pub async fn first_unreachable(probe: &Probe, references: Vec<Reference>) -> Option<(&'static str, String)> {
+/// The first reference none of whose addresses answers: (reason, message). The
+/// addresses are names as seen from `namespace` (see [`candidates`]).
+pub async fn first_unreachable(
+    probe: &Probe,
+    references: Vec<Reference>,
+    namespace: &str,
+) -> Option<(&'static str, String)> {
     let checks = references.into_iter().map(|reference| {
         let probe = probe.clone();
         async move {
@@ -74,10 +103,14 @@ pub async fn first_unreachable(probe: &Probe, references: Vec<Reference>) -> Opt
             }
             let mut failures = Vec::new();
             for address in &reference.addresses {
-                match probe(address.clone()).await {
-                    Ok(()) => return None,
-                    Err(e) => failures.push(format!("{address}: {e}")),
+                let mut last = String::new();
+                for candidate in candidates(address, namespace) {
+                    match probe(candidate).await {
+                        Ok(()) => return None,
+                        Err(e) => last = e,
+                    }
                 }
+                failures.push(format!("{address}: {last}"));
             }
             Some((
                 reference.reason,
@@ -145,19 +178,39 @@ mod tests {
 
     #[tokio::test]
     async fn one_answering_address_is_enough() {
-        let probe = fake(&["etcd-0:2379", "redis:6379"]);
+        let probe = fake(&["etcd-0:2379", "redis.im.svc:6379", "redis:6379"]);
         let refs = vec![
             reference("etcd", "EtcdUnreachable", &["etcd-0:2379", "etcd-1:2379"]),
             reference("Redis", "RedisUnreachable", &["redis:6379"]),
         ];
-        let (reason, message) = first_unreachable(&probe, refs).await.unwrap();
+        let (reason, message) = first_unreachable(&probe, refs, "im").await.unwrap();
         assert_eq!(reason, "RedisUnreachable");
         assert_eq!(
             message,
             "Redis does not answer at any address (redis:6379: connection refused)"
         );
         let refs = vec![reference("etcd", "EtcdUnreachable", &["etcd-0:2379", "etcd-1:2379"])];
-        assert_eq!(first_unreachable(&probe, refs).await, None);
+        assert_eq!(first_unreachable(&probe, refs, "im").await, None);
+        // Found in the IMCluster's namespace, though not from the operator's own.
+        let probe = fake(&["db:5432"]);
+        let refs = vec![reference("the database", "DatabaseUnreachable", &["db:5432"])];
+        assert_eq!(first_unreachable(&probe, refs, "im").await, None);
+    }
+
+    #[test]
+    fn relative_names_are_tried_in_the_clusters_namespace_first() {
+        let cases: [(&str, &[&str]); 7] = [
+            ("etcd:2379", &["etcd.chat.svc:2379", "etcd:2379"]),
+            ("etcd-0.etcd:2379", &["etcd-0.etcd.chat.svc:2379", "etcd-0.etcd:2379"]),
+            ("db.internal:5432", &["db.internal.chat.svc:5432", "db.internal:5432"]),
+            ("redis.other.svc:6379", &["redis.other.svc:6379"]),
+            ("pg.db.svc.cluster.local:5432", &["pg.db.svc.cluster.local:5432"]),
+            ("10.0.0.7:2379", &["10.0.0.7:2379"]),
+            ("[fd00::7]:2379", &["[fd00::7]:2379"]),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(candidates(addr, "chat"), want, "{addr}");
+        }
     }
 
     #[tokio::test]

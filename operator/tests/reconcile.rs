@@ -333,7 +333,7 @@ async fn a_missing_secret_is_reported_as_degraded_and_retried() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_degraded_but_everything_is_applied() {
-    let (ctx, handle) = context_with_down(&["db:5432"]);
+    let (ctx, handle) = context_with_down(&["db.im.svc:5432", "db:5432"]);
     let mut expected = full_pass(2);
     expected.extend([event(), event()]);
     let server = serve(handle, expected);
