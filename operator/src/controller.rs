@@ -138,6 +138,7 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
         deployments.push(apply(client, &ns, deployment).await?);
     }
     apply(client, &ns, &desired.service).await?;
+    apply(client, &ns, &desired.internal_service).await?;
     for budget in &desired.disruption_budgets {
         apply::<PodDisruptionBudget>(client, &ns, budget).await?;
     }
@@ -204,7 +205,8 @@ pub fn transitions(previous: Option<&IMClusterStatus>, next: &IMClusterStatus, a
     if applied && first {
         notices.push(Notice::normal(
             "Created",
-            "applied the configuration, the ServiceAccount, 3 Deployments and the gateway Service".into(),
+            "applied the configuration, the ServiceAccount, 3 Deployments, the gateway Service and the internal Service"
+                .into(),
         ));
     } else if applied && previous.and_then(|p| p.observed_generation) != next.observed_generation {
         notices.push(Notice::normal(

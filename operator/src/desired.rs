@@ -420,6 +420,32 @@ pub fn gateway_service(cluster: &IMCluster) -> Service {
     }
 }
 
+/// The headless Service of every FastIM pod of the cluster: stable per-pod DNS names
+/// (`<pod-ip>.<name>-internal...`), and the target of a ServiceMonitor scraping
+/// `/metrics` on the `http` port. Components find each other through etcd, not here.
+pub fn internal_service(cluster: &IMCluster) -> Service {
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    };
+    let (grpc, http) = Component::Gateway.ports();
+    Service {
+        metadata: meta(cluster, format!("{}-internal", cluster.name_any()), None),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector(cluster, None)),
+            // Named target ports: each component's own numbers.
+            ports: Some(vec![port("grpc", grpc), port("http", http)]),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
 /// The in-cluster address clients use (`host:port` of the gateway Service).
 pub fn client_endpoint(cluster: &IMCluster) -> String {
     format!(
@@ -535,6 +561,8 @@ pub struct Desired {
     pub deployments: Vec<Deployment>,
     /// The client-facing gateway Service.
     pub service: Service,
+    /// The headless Service of all the cluster's pods.
+    pub internal_service: Service,
     /// Where the spec asks for them.
     pub disruption_budgets: Vec<PodDisruptionBudget>,
     /// Where the spec asks for them.
@@ -549,6 +577,7 @@ pub fn desired(cluster: &IMCluster) -> Desired {
         service_account: service_account(cluster),
         deployments: Component::ALL.iter().map(|c| deployment(cluster, *c, &hash)).collect(),
         service: gateway_service(cluster),
+        internal_service: internal_service(cluster),
         disruption_budgets: Component::ALL
             .iter()
             .filter_map(|c| disruption_budget(cluster, *c))

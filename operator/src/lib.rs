@@ -8,7 +8,8 @@
 //!   server-side apply; tests check them without a cluster.
 //! - [`controller`]: `reconcile` and `error_policy`: apply the desired state, write
 //!   the status with conditions; a spec that cannot be realised (a missing Secret) is
-//!   reported as Degraded and retried; Kubernetes Events for notable transitions.
+//!   reported as Degraded and retried, as is an etcd, Redis or database that does not
+//!   answer; Kubernetes Events for notable transitions.
 //! - [`leader`]: leader election on a `coordination.k8s.io` Lease.
 //! - [`metrics`]: the operator's Prometheus metrics.
 //! - [`probe`]: whether the etcd, Redis and database an IMCluster references answer.

@@ -69,6 +69,7 @@ fn render(cluster: &IMCluster) -> String {
     ];
     docs.extend(d.deployments.iter().map(|x| serde_yaml::to_string(x).unwrap()));
     docs.push(serde_yaml::to_string(&d.service).unwrap());
+    docs.push(serde_yaml::to_string(&d.internal_service).unwrap());
     docs.extend(d.disruption_budgets.iter().map(|x| serde_yaml::to_string(x).unwrap()));
     docs.extend(d.autoscalers.iter().map(|x| serde_yaml::to_string(x).unwrap()));
     docs.join("---\n")
@@ -161,11 +162,12 @@ fn everything_is_owned_by_the_cluster() {
         d.config_map.metadata.owner_references.clone(),
         d.service_account.metadata.owner_references.clone(),
         d.service.metadata.owner_references.clone(),
+        d.internal_service.metadata.owner_references.clone(),
     ];
     owners.extend(d.deployments.iter().map(|x| x.metadata.owner_references.clone()));
     owners.extend(d.disruption_budgets.iter().map(|x| x.metadata.owner_references.clone()));
     owners.extend(d.autoscalers.iter().map(|x| x.metadata.owner_references.clone()));
-    assert_eq!(owners.len(), 3 + 3 + 2 + 2);
+    assert_eq!(owners.len(), 4 + 3 + 2 + 2);
     for owner in owners {
         let owner = &owner.unwrap()[0];
         assert_eq!(

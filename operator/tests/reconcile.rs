@@ -142,6 +142,7 @@ fn full_pass(ready: i32) -> Vec<Expect> {
         deployment("chat-idgen", ready),
         deployment("chat-gateway", ready),
         patch("/api/v1/namespaces/im/services/chat-gateway"),
+        patch("/api/v1/namespaces/im/services/chat-internal"),
         owned_list(PDBS, vec![]),
         owned_list(HPAS, vec![]),
         status_patch(),
@@ -149,7 +150,7 @@ fn full_pass(ready: i32) -> Vec<Expect> {
 }
 
 /// Body index of the status patch in [`full_pass`].
-const STATUS: usize = 9;
+const STATUS: usize = 10;
 
 fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
     status["status"]["conditions"]
@@ -242,7 +243,7 @@ async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     // Generation 3 changes the configuration and adds autoscaling.
     let (ctx, handle) = context();
     let mut expected = full_pass(2);
-    expected.insert(7, patch(&format!("{HPAS}/chat-gateway")));
+    expected.insert(8, patch(&format!("{HPAS}/chat-gateway")));
     expected.push(event());
     let server = serve(handle, expected);
     let spec = json!({
@@ -255,7 +256,7 @@ async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     // The new configuration hash rolls the pods.
     let hash = |b: &Value| b["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"].clone();
     assert_ne!(hash(&before[5]), hash(&bodies[5]));
-    assert_eq!(bodies[7]["spec"]["scaleTargetRef"]["kind"], "IMCluster");
+    assert_eq!(bodies[8]["spec"]["scaleTargetRef"]["kind"], "IMCluster");
     assert_eq!(bodies[STATUS + 1]["status"]["observedGeneration"], 3);
     assert_event(&bodies[STATUS + 2], "Normal", "SpecChanged");
     assert!(bodies[STATUS + 2]["note"].as_str().unwrap().contains("generation 3"));
@@ -276,8 +277,8 @@ async fn switching_autoscaling_off_deletes_the_autoscaler() {
     };
     let (ctx, handle) = context();
     let mut expected = full_pass(2);
-    expected[7] = owned_list(PDBS, vec![object("PodDisruptionBudget", "chat-gateway", owner("u-1"))]);
-    expected[8] = owned_list(
+    expected[8] = owned_list(PDBS, vec![object("PodDisruptionBudget", "chat-gateway", owner("u-1"))]);
+    expected[9] = owned_list(
         HPAS,
         vec![
             object("HorizontalPodAutoscaler", "chat-gateway", owner("u-1")),
@@ -291,8 +292,8 @@ async fn switching_autoscaling_off_deletes_the_autoscaler() {
         status: 200,
         reply: Some(json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" })),
     };
-    expected.insert(8, deleted(format!("{PDBS}/chat-gateway")));
-    expected.insert(10, deleted(format!("{HPAS}/chat-gateway")));
+    expected.insert(9, deleted(format!("{PDBS}/chat-gateway")));
+    expected.insert(11, deleted(format!("{HPAS}/chat-gateway")));
     expected.extend([event(), event()]);
     let server = serve(handle, expected);
     reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
