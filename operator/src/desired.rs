@@ -390,6 +390,17 @@ pub fn deployment(cluster: &IMCluster, component: Component, config_hash: &str) 
     }
 }
 
+/// A TCP Service port whose target is the container port of the same name.
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
 /// The Service clients connect through.
 pub fn gateway_service(cluster: &IMCluster) -> Service {
     let s = &cluster.spec.gateway.service;
@@ -401,19 +412,12 @@ pub fn gateway_service(cluster: &IMCluster) -> Service {
     if !s.annotations.is_empty() {
         metadata.annotations = Some(s.annotations.clone());
     }
-    let port = |name: &str, port: i32| ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    };
     Service {
         metadata,
         spec: Some(ServiceSpec {
             type_: Some(s.type_.clone()),
             selector: Some(selector(cluster, Some(Component::Gateway))),
-            ports: Some(vec![port("tcp", s.tcp_port), port("ws", s.ws_port)]),
+            ports: Some(vec![service_port("tcp", s.tcp_port), service_port("ws", s.ws_port)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -424,13 +428,6 @@ pub fn gateway_service(cluster: &IMCluster) -> Service {
 /// (`<pod-ip>.<name>-internal...`), and the target of a ServiceMonitor scraping
 /// `/metrics` on the `http` port. Components find each other through etcd, not here.
 pub fn internal_service(cluster: &IMCluster) -> Service {
-    let port = |name: &str, port: i32| ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    };
     let (grpc, http) = Component::Gateway.ports();
     Service {
         metadata: meta(cluster, format!("{}-internal", cluster.name_any()), None),
@@ -438,7 +435,7 @@ pub fn internal_service(cluster: &IMCluster) -> Service {
             cluster_ip: Some("None".into()),
             selector: Some(selector(cluster, None)),
             // Named target ports: each component's own numbers.
-            ports: Some(vec![port("grpc", grpc), port("http", http)]),
+            ports: Some(vec![service_port("grpc", grpc), service_port("http", http)]),
             publish_not_ready_addresses: Some(true),
             ..ServiceSpec::default()
         }),
