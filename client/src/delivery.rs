@@ -6,6 +6,11 @@
 //! (with any buffered successors), one at or below the cursor is a duplicate, and
 //! one beyond `cursor + 1` is buffered and reported as a gap, which the client fills
 //! by syncing.
+//!
+//! Messages are handed on through a callback while the state is borrowed, never
+//! returned: two tasks accepting concurrently (the push reader and a sync) would
+//! otherwise emit in whichever order they got past the lock, and a client could show
+//! 4 before 2 and 3 even though each call released them in order.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,11 +25,9 @@ pub struct Delivery {
     ahead: HashMap<String, BTreeMap<u64, Message>>,
 }
 
-/// What accepting messages produced.
+/// What accepting messages left to do besides delivering them.
 #[derive(Default, Debug)]
 pub struct Accepted {
-    /// Messages to hand to the application, in order.
-    pub deliver: Vec<Message>,
     /// Conversations with a gap before a buffered message: sync them.
     pub gaps: Vec<String>,
     /// (conversation, cursor) to acknowledge to the server.
@@ -33,8 +36,8 @@ pub struct Accepted {
 
 impl Delivery {
     /// Sets the baseline of a conversation not seen yet (from a sync response), and
-    /// releases what was held back waiting for it.
-    pub fn baseline(&mut self, conversation: &str, seq: u64) -> Accepted {
+    /// releases what was held back waiting for it through `deliver`.
+    pub fn baseline(&mut self, conversation: &str, seq: u64, deliver: &mut impl FnMut(Message)) -> Accepted {
         if self.cursors.contains_key(conversation) {
             return Accepted::default();
         }
@@ -44,7 +47,7 @@ impl Delivery {
             .remove(conversation)
             .map(|m| m.into_values().collect())
             .unwrap_or_default();
-        self.accept(held)
+        self.accept(held, deliver)
     }
 
     /// Current cursors, for a sync request.
@@ -57,12 +60,13 @@ impl Delivery {
         self.cursors.get(conversation).copied()
     }
 
-    /// Accepts messages from a push or a sync.
+    /// Accepts messages from a push or a sync, handing the deliverable ones to
+    /// `deliver` in order.
     ///
     /// A conversation without a cursor yet (no sync has covered it) starts at its
     /// first message; anything later is held back until a sync gives the baseline,
     /// so a device that already saw a conversation is not shown it again.
-    pub fn accept(&mut self, messages: Vec<Message>) -> Accepted {
+    pub fn accept(&mut self, messages: Vec<Message>, deliver: &mut impl FnMut(Message)) -> Accepted {
         let mut out = Accepted::default();
         let mut touched: Vec<String> = Vec::new();
         for m in messages {
@@ -83,11 +87,11 @@ impl Delivery {
             }
             if m.seq == *cursor + 1 {
                 *cursor = m.seq;
-                out.deliver.push(m);
+                deliver(m);
                 if let Some(ahead) = self.ahead.get_mut(&conversation) {
                     while let Some(next) = ahead.remove(&(*cursor + 1)) {
                         *cursor = next.seq;
-                        out.deliver.push(next);
+                        deliver(next);
                     }
                     ahead.retain(|seq, _| *seq > *cursor);
                     if ahead.is_empty() {
@@ -122,25 +126,34 @@ mod tests {
         }
     }
 
-    fn seqs(a: &Accepted) -> Vec<u64> {
-        a.deliver.iter().map(|m| m.seq).collect()
+    /// Accepts `messages`; returns the seqs delivered and the rest.
+    fn accept(d: &mut Delivery, messages: Vec<Message>) -> (Vec<u64>, Accepted) {
+        let mut seqs = Vec::new();
+        let rest = d.accept(messages, &mut |m| seqs.push(m.seq));
+        (seqs, rest)
+    }
+
+    fn baseline(d: &mut Delivery, c: &str, seq: u64) -> (Vec<u64>, Accepted) {
+        let mut seqs = Vec::new();
+        let rest = d.baseline(c, seq, &mut |m| seqs.push(m.seq));
+        (seqs, rest)
     }
 
     #[test]
     fn in_order_duplicates_and_gaps() {
         let mut d = Delivery::default();
-        assert_eq!(seqs(&d.accept(vec![msg("a", 1), msg("a", 2)])), vec![1, 2]);
+        assert_eq!(accept(&mut d, vec![msg("a", 1), msg("a", 2)]).0, vec![1, 2]);
         // Duplicate: nothing delivered, still acked.
-        let dup = d.accept(vec![msg("a", 2)]);
-        assert!(dup.deliver.is_empty());
+        let (seqs, dup) = accept(&mut d, vec![msg("a", 2)]);
+        assert!(seqs.is_empty());
         assert_eq!(dup.acks, vec![("a".to_string(), 2)]);
         // Gap: 4 buffered, gap reported.
-        let gap = d.accept(vec![msg("a", 4)]);
-        assert!(gap.deliver.is_empty());
+        let (seqs, gap) = accept(&mut d, vec![msg("a", 4)]);
+        assert!(seqs.is_empty());
         assert_eq!(gap.gaps, vec!["a".to_string()]);
         // Filling the gap releases the buffered one.
-        let fill = d.accept(vec![msg("a", 3)]);
-        assert_eq!(seqs(&fill), vec![3, 4]);
+        let (seqs, fill) = accept(&mut d, vec![msg("a", 3)]);
+        assert_eq!(seqs, vec![3, 4]);
         assert!(fill.gaps.is_empty());
         assert_eq!(d.cursor("a"), Some(4));
     }
@@ -148,27 +161,70 @@ mod tests {
     #[test]
     fn baseline_only_sets_unknown_conversations() {
         let mut d = Delivery::default();
-        d.baseline("a", 10);
-        d.baseline("a", 3);
+        baseline(&mut d, "a", 10);
+        baseline(&mut d, "a", 3);
         assert_eq!(d.cursor("a"), Some(10));
-        assert!(d.accept(vec![msg("a", 10)]).deliver.is_empty());
-        assert_eq!(seqs(&d.accept(vec![msg("a", 11)])), vec![11]);
+        assert!(accept(&mut d, vec![msg("a", 10)]).0.is_empty());
+        assert_eq!(accept(&mut d, vec![msg("a", 11)]).0, vec![11]);
     }
 
     #[test]
     fn a_push_before_the_baseline_waits_for_it() {
         let mut d = Delivery::default();
         // A returning device: the push of seq 51 races the first sync.
-        let early = d.accept(vec![msg("a", 51)]);
-        assert!(early.deliver.is_empty());
+        let (seqs, early) = accept(&mut d, vec![msg("a", 51)]);
+        assert!(seqs.is_empty());
         assert_eq!(early.gaps, vec!["a".to_string()]);
         assert!(early.acks.is_empty(), "nothing to acknowledge before the baseline");
         assert_eq!(d.cursor("a"), None);
         // The sync says the device already holds 50: 51 is released, nothing older.
-        let released = d.baseline("a", 50);
-        assert_eq!(seqs(&released), vec![51]);
+        let (seqs, released) = baseline(&mut d, "a", 50);
+        assert_eq!(seqs, vec![51]);
         assert_eq!(released.acks, vec![("a".to_string(), 51)]);
         // A brand-new conversation starts at seq 1 without waiting.
-        assert_eq!(seqs(&d.accept(vec![msg("b", 1)])), vec![1]);
+        assert_eq!(accept(&mut d, vec![msg("b", 1)]).0, vec![1]);
+    }
+
+    /// The push reader and a sync accept concurrently (the run that found this:
+    /// a client shown 1, 4, 2, 3, 5 after its gateway was killed). Both take up
+    /// from the current cursor, as a sync does; whatever the interleaving, what
+    /// reaches the application is in order and each message once.
+    #[test]
+    fn concurrent_pushes_and_syncs_reach_the_application_in_order() {
+        use std::sync::{Arc, Mutex};
+        const N: u64 = 20_000;
+        let delivery = Arc::new(Mutex::new(Delivery::default()));
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = [1u64, 3]
+            .into_iter()
+            .map(|page| {
+                let (delivery, sink) = (delivery.clone(), sink.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let mut d = delivery.lock().unwrap();
+                        let from = d.cursor("a").unwrap_or(0) + 1;
+                        if from > N {
+                            return;
+                        }
+                        let batch = (from..(from + page).min(N + 1)).map(|s| msg("a", s)).collect();
+                        d.accept(batch, &mut |m| sink.lock().unwrap().push(m.seq));
+                        drop(d);
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let seen = sink.lock().unwrap();
+        let first_wrong = seen.iter().zip(1..).position(|(got, want)| *got != want);
+        assert_eq!(
+            first_wrong,
+            None,
+            "out of order near {:?}",
+            first_wrong.map(|i| &seen[i..seen.len().min(i + 5)])
+        );
+        assert_eq!(seen.len() as u64, N);
     }
 }

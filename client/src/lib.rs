@@ -509,14 +509,23 @@ impl Shared {
         if !self.config.receive {
             return;
         }
-        let accepted = self.delivery.lock().unwrap_or_else(|e| e.into_inner()).accept(messages);
-        self.emit_accepted(accepted, out);
+        let accepted = self
+            .delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accept(messages, &mut |m| self.emit(m));
+        self.follow_up(accepted, out);
     }
 
-    fn emit_accepted(self: &Arc<Self>, accepted: delivery::Accepted, out: &mpsc::Sender<Frame>) {
-        for m in accepted.deliver {
-            let _ = self.events.send(Event::Message(m));
-        }
+    /// Hands one message to the application. Called only with the delivery state
+    /// locked, so concurrent accepts (push reader, sync) cannot reorder what they
+    /// release.
+    fn emit(&self, message: Message) {
+        let _ = self.events.send(Event::Message(message));
+    }
+
+    /// Acknowledges what was delivered and syncs the gaps.
+    fn follow_up(self: &Arc<Self>, accepted: delivery::Accepted, out: &mpsc::Sender<Frame>) {
         for (conversation, seq) in accepted.acks {
             let _ = out.try_send(Frame::new(Command::PushAck, 0, &pb::PushAck { conversation, seq }));
         }
@@ -569,11 +578,11 @@ impl Shared {
                 response
                     .cursors
                     .iter()
-                    .map(|c| delivery.baseline(&c.conversation, c.seq))
+                    .map(|c| delivery.baseline(&c.conversation, c.seq, &mut |m| self.emit(m)))
                     .collect()
             };
             for accepted in released {
-                self.emit_accepted(accepted, &out);
+                self.follow_up(accepted, &out);
             }
             self.accept(response.messages, &out);
             if !response.more {
