@@ -130,7 +130,9 @@ async fn apply_and_report(cluster: &IMCluster, ctx: &Context) -> Result<Action> 
     // it and the reference may come up any moment), but reported as Degraded.
     let unreachable = probe::first_unreachable(&ctx.probe, references(cluster, &secrets), &ns).await;
 
-    let desired = desired::desired(cluster);
+    // The Secrets' values are hashed into the pod templates: a rotated password or
+    // certificate rolls the pods that read it (noticed on the next pass).
+    let desired = desired::desired_with(cluster, &secrets);
     apply(client, &ns, &desired.service_account).await?;
     apply(client, &ns, &desired.config_map).await?;
     let mut deployments = Vec::new();

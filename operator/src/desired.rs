@@ -3,8 +3,10 @@
 //! Every object carries the cluster's labels and a controller owner reference (so
 //! deleting the IMCluster deletes them). The ConfigMap holds the rendered FASTIM_*
 //! settings; its hash is stamped on the pod templates, so a configuration change
-//! rolls the pods. Secrets are only referenced (the database URL, Redis credentials),
-//! never copied.
+//! rolls the pods. Secrets are only referenced (the database URL, Redis credentials,
+//! the TLS certificate), never copied; the reconciler passes their contents to
+//! [`desired_with`], which folds what each component reads into that component's
+//! hash, so rotating a password or a certificate rolls the pods that use it.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,7 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, LocalObjectReference, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -30,7 +32,8 @@ use crate::crd::{ComponentSpec, IMCluster, SecretKeyRef};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "fastim-operator";
-/// Pod-template annotation with the configuration hash.
+/// Pod-template annotation with the hash of what the pods read: the configuration
+/// and the referenced Secrets' values.
 pub const CONFIG_HASH: &str = "fastim.io/config-hash";
 /// The gateway's client ports inside its pod (TCP frames, WebSocket).
 pub const GATEWAY_TCP_PORT: i32 = 7000;
@@ -171,12 +174,50 @@ pub fn config_map(cluster: &IMCluster) -> ConfigMap {
 
 /// A short hash of the ConfigMap's data: changing it rolls the pods.
 pub fn config_hash(config: &ConfigMap) -> String {
+    pod_hash(config, &[], &BTreeMap::new())
+}
+
+/// The Secrets one component reads: (name, key), or (name, None) for a Secret
+/// mounted whole (the gateway's TLS certificate and key).
+pub fn secret_inputs(cluster: &IMCluster, component: Component) -> Vec<(&str, Option<&str>)> {
+    let spec = &cluster.spec;
+    let mut inputs = Vec::new();
+    if let Some(url) = &spec.redis.url_secret {
+        inputs.push((url.name.as_str(), Some(url.key.as_str())));
+    }
+    match component {
+        Component::Logic => {
+            let url = &spec.database.url_secret;
+            inputs.push((url.name.as_str(), Some(url.key.as_str())));
+        }
+        Component::Gateway => inputs.extend(spec.gateway.service.tls_secret.as_deref().map(|name| (name, None))),
+        Component::IdAllocator => {}
+    }
+    inputs
+}
+
+/// The hash stamped on a component's pod template: the ConfigMap's data, then the
+/// values of the Secrets in `inputs` as found in `secrets` (those not given are
+/// left out, so without Secrets this is [`config_hash`]).
+pub fn pod_hash(config: &ConfigMap, inputs: &[(&str, Option<&str>)], secrets: &BTreeMap<String, Secret>) -> String {
     let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update(bytes);
+        hasher.update([0]);
+    };
     for (k, v) in config.data.iter().flatten() {
-        hasher.update(k.as_bytes());
-        hasher.update([0]);
-        hasher.update(v.as_bytes());
-        hasher.update([0]);
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    for (name, key) in inputs {
+        let Some(secret) = secrets.get(*name) else { continue };
+        for (k, v) in secret.data.iter().flatten() {
+            if key.is_none_or(|key| key == k) {
+                field(name.as_bytes());
+                field(k.as_bytes());
+                field(&v.0);
+            }
+        }
     }
     hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
@@ -566,13 +607,28 @@ pub struct Desired {
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
 }
 
-/// The whole desired state of `cluster`.
+/// The whole desired state of `cluster`, without the Secrets' contents.
 pub fn desired(cluster: &IMCluster) -> Desired {
+    desired_with(cluster, &BTreeMap::new())
+}
+
+/// The whole desired state of `cluster`, each pod template's hash also covering the
+/// values it reads from `secrets` (name -> Secret, as read by the reconciler).
+pub fn desired_with(cluster: &IMCluster, secrets: &BTreeMap<String, Secret>) -> Desired {
     let config_map = config_map(cluster);
-    let hash = config_hash(&config_map);
+    let deployments = Component::ALL
+        .iter()
+        .map(|c| {
+            deployment(
+                cluster,
+                *c,
+                &pod_hash(&config_map, &secret_inputs(cluster, *c), secrets),
+            )
+        })
+        .collect();
     Desired {
         service_account: service_account(cluster),
-        deployments: Component::ALL.iter().map(|c| deployment(cluster, *c, &hash)).collect(),
+        deployments,
         service: gateway_service(cluster),
         internal_service: internal_service(cluster),
         disruption_budgets: Component::ALL

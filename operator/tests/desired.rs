@@ -2,8 +2,12 @@
 //! them, without a cluster. Snapshots live in `tests/snapshots/`; regenerate them
 //! with `UPDATE_SNAPSHOTS=1 cargo test -p fastim-operator` and review the diff.
 
+use std::collections::BTreeMap;
+
 use fastim_operator::IMCluster;
 use fastim_operator::desired::{self, Component, desired};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 
 fn cluster(spec: serde_json::Value) -> IMCluster {
     serde_json::from_value(serde_json::json!({
@@ -196,6 +200,109 @@ fn a_config_change_rolls_the_pods() {
         .as_ref()
         .unwrap();
     assert_eq!(annotation[desired::CONFIG_HASH], desired::config_hash(&d.config_map));
+}
+
+/// The pod-template hash of each Deployment, by name.
+fn hashes(d: &desired::Desired) -> std::collections::BTreeMap<String, String> {
+    d.deployments
+        .iter()
+        .map(|x| {
+            let annotations = x.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+            (
+                x.metadata.name.clone().unwrap(),
+                annotations[desired::CONFIG_HASH].clone(),
+            )
+        })
+        .collect()
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> (String, Secret) {
+    let data = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let secret = Secret {
+        data: Some(data),
+        ..Secret::default()
+    };
+    (name.to_string(), secret)
+}
+
+#[test]
+fn rotating_a_secret_rolls_exactly_the_pods_that_read_it() {
+    let c = cluster(full());
+    let secrets = |db: &str, redis: &str, cert: &str| {
+        BTreeMap::from([
+            secret("fastim-db", &[("url", db), ("unused", "x")]),
+            secret("fastim-redis", &[("urls", redis)]),
+            secret("fastim-tls", &[("tls.crt", cert), ("tls.key", "key")]),
+        ])
+    };
+    let before = hashes(&desired::desired_with(
+        &c,
+        &secrets("postgres://a", "redis://r0", "cert-1"),
+    ));
+    assert_eq!(
+        before,
+        hashes(&desired::desired_with(
+            &c,
+            &secrets("postgres://a", "redis://r0", "cert-1")
+        )),
+        "deterministic"
+    );
+    // Without the Secrets' values the hash is the configuration's alone.
+    let config_only = desired::config_hash(&desired::config_map(&c));
+    assert!(hashes(&desired(&c)).values().all(|h| *h == config_only));
+    assert!(before.values().all(|h| *h != config_only));
+    let changed = |after: BTreeMap<String, String>| -> Vec<String> {
+        before.keys().filter(|k| before[*k] != after[*k]).cloned().collect()
+    };
+    // The database password: logic only. Redis: every component. The certificate:
+    // the gateway only. A key nobody reads: nothing.
+    let rotated = secrets("postgres://b", "redis://r0", "cert-1");
+    assert_eq!(changed(hashes(&desired::desired_with(&c, &rotated))), ["chat-logic"]);
+    let rotated = secrets("postgres://a", "redis://r1", "cert-1");
+    assert_eq!(
+        changed(hashes(&desired::desired_with(&c, &rotated))),
+        ["chat-gateway", "chat-idgen", "chat-logic"]
+    );
+    let rotated = secrets("postgres://a", "redis://r0", "cert-2");
+    assert_eq!(changed(hashes(&desired::desired_with(&c, &rotated))), ["chat-gateway"]);
+    let mut rotated = secrets("postgres://a", "redis://r0", "cert-1");
+    let (name, db) = secret("fastim-db", &[("url", "postgres://a"), ("unused", "y")]);
+    rotated.insert(name, db);
+    assert!(changed(hashes(&desired::desired_with(&c, &rotated))).is_empty());
+}
+
+/// Every Secret a Deployment reads (env or volume) is among its hashed inputs.
+#[test]
+fn the_hashed_secrets_are_the_ones_the_pods_read() {
+    let c = cluster(full());
+    for (component, deployment) in Component::ALL.iter().zip(&desired(&c).deployments) {
+        let pod = deployment.spec.template.spec.as_ref().unwrap();
+        let mut read: Vec<(String, Option<String>)> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .map(|r| (r.name.clone(), Some(r.key.clone())))
+            .collect();
+        read.extend(
+            pod.volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+                .map(|name| (name, None)),
+        );
+        let mut inputs: Vec<(String, Option<String>)> = desired::secret_inputs(&c, *component)
+            .into_iter()
+            .map(|(name, key)| (name.to_string(), key.map(str::to_string)))
+            .collect();
+        read.sort();
+        inputs.sort();
+        assert_eq!(read, inputs, "{component:?}");
+        assert!(!read.is_empty());
+    }
 }
 
 #[test]

@@ -81,14 +81,19 @@ fn assert_event(body: &Value, type_: &str, reason: &str) {
 }
 
 fn secret() -> Expect {
+    // data.url: postgres://fastim@db:5432/fastim
+    secret_with_url("cG9zdGdyZXM6Ly9mYXN0aW1AZGI6NTQzMi9mYXN0aW0=")
+}
+
+/// The database Secret, its `url` given base64-encoded.
+fn secret_with_url(url: &str) -> Expect {
     Expect {
         method: "GET",
         path: "/api/v1/namespaces/im/secrets/fastim-db".into(),
         status: 200,
-        // data.url: postgres://fastim@db:5432/fastim
         reply: Some(
             json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "fastim-db" },
-                            "data": { "url": "cG9zdGdyZXM6Ly9mYXN0aW1AZGI6NTQzMi9mYXN0aW0=" } }),
+                            "data": { "url": url } }),
         ),
     }
 }
@@ -161,6 +166,17 @@ fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
         .unwrap()
 }
 
+/// A first pass over the default cluster with everything ready (Events Created and
+/// Ready); the request bodies.
+async fn created_and_ready() -> Vec<Value> {
+    let (ctx, handle) = context();
+    let mut expected = full_pass(2);
+    expected.extend([event(), event()]);
+    let server = serve(handle, expected);
+    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
+    server.finish().await
+}
+
 #[tokio::test]
 async fn first_creation_applies_everything_and_reports_progress() {
     let (ctx, handle) = context();
@@ -197,12 +213,7 @@ async fn first_creation_applies_everything_and_reports_progress() {
 #[tokio::test]
 async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
     // First pass with everything ready: created, and Ready flips to True.
-    let (ctx, handle) = context();
-    let mut expected = full_pass(2);
-    expected.extend([event(), event()]);
-    let server = serve(handle, expected);
-    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
-    let first = server.finish().await;
+    let first = created_and_ready().await;
     let status = first[STATUS]["status"].clone();
     assert_eq!(condition(&first[STATUS], "Ready")["status"], "True");
     assert_event(&first[STATUS + 1], "Normal", "Created");
@@ -232,12 +243,7 @@ async fn a_second_pass_changes_nothing_and_keeps_transition_times() {
 #[tokio::test]
 async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     // The cluster as it was: reconciled and ready at generation 2.
-    let (ctx, handle) = context();
-    let mut expected = full_pass(2);
-    expected.extend([event(), event()]);
-    let server = serve(handle, expected);
-    reconcile(Arc::new(cluster(json!({}), None)), ctx).await.unwrap();
-    let before = server.finish().await;
+    let before = created_and_ready().await;
     let mut status = before[STATUS]["status"].clone();
     status["observedGeneration"] = json!(2);
     // Generation 3 changes the configuration and adds autoscaling.
@@ -260,6 +266,32 @@ async fn a_spec_change_rolls_the_pods_and_adds_autoscaling() {
     assert_eq!(bodies[STATUS + 1]["status"]["observedGeneration"], 3);
     assert_event(&bodies[STATUS + 2], "Normal", "SpecChanged");
     assert!(bodies[STATUS + 2]["note"].as_str().unwrap().contains("generation 3"));
+}
+
+#[tokio::test]
+async fn a_rotated_database_password_rolls_the_logic_pods_only() {
+    let before = created_and_ready().await;
+    let status = before[STATUS]["status"].clone();
+    // Same spec and generation; the Secret now holds another password.
+    let (ctx, handle) = context();
+    let mut expected = full_pass(2);
+    // data.url: postgres://fastim:new@db:5432/fastim
+    expected[0] = secret_with_url("cG9zdGdyZXM6Ly9mYXN0aW06bmV3QGRiOjU0MzIvZmFzdGlt");
+    let server = serve(handle, expected);
+    reconcile(Arc::new(cluster(json!({}), Some(status))), ctx)
+        .await
+        .unwrap();
+    let after = server.finish().await;
+    let hash = |b: &Value| b["spec"]["template"]["metadata"]["annotations"]["fastim.io/config-hash"].clone();
+    assert_eq!(after[3]["metadata"]["name"], "chat-logic");
+    assert_ne!(
+        hash(&before[3]),
+        hash(&after[3]),
+        "logic reads the database URL: rolled"
+    );
+    assert_eq!(hash(&before[4]), hash(&after[4]), "idgen does not: left alone");
+    assert_eq!(hash(&before[5]), hash(&after[5]), "the gateway does not: left alone");
+    assert_eq!(before[2], after[2], "the ConfigMap never holds the Secret");
 }
 
 #[tokio::test]
