@@ -391,6 +391,11 @@ impl Connection {
             if self.unacked.is_empty() {
                 self.resend_at = None;
             }
+            // No answer is due; logic's cursor moves in the background.
+            if let Some(device) = &self.device {
+                self.gateway.acks.ack(device.clone(), ack.conversation, ack.seq);
+            }
+            return None;
         }
         let call = ClientCall {
             device: self.device.as_deref().cloned(),
@@ -420,7 +425,6 @@ impl Connection {
             };
         }
         match command {
-            Command::PushAck => None,
             Command::Logout => {
                 self.device = None;
                 self.gateway.registry.set_device(self.id, None);

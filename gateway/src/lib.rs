@@ -8,11 +8,14 @@
 //!   push and kick calls ([`Gateway`] implements the internal `Gateway` gRPC
 //!   service) go through it.
 //! - [`transport`] hides TCP vs WebSocket.
+//! - [`acks`] batches the clients' delivery acknowledgements to logic, off the
+//!   connections' request path.
 //!
 //! A gateway keeps no state but its connections: identities come from logic at
 //! LOGIN, messages are durable in logic's store before they are pushed here.
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod config;
 pub mod connection;
 pub mod registry;
@@ -28,6 +31,7 @@ use fastim_proto::internal::logic_server::Logic;
 use fastim_proto::internal::{Empty, KickRequest, PushBatch, PushResult};
 use tonic::{Request, Response, Status};
 
+use acks::AckForwarder;
 pub use config::GatewayConfig;
 use registry::{Outbound, Queued, Registry};
 
@@ -39,13 +43,17 @@ pub struct Gateway {
     pub logic: Arc<dyn Logic>,
     /// Live connections.
     pub registry: Registry,
+    /// Delivery acknowledgements on their way to logic.
+    pub acks: AckForwarder,
 }
 
 impl Gateway {
-    /// A gateway forwarding to `logic`.
+    /// A gateway forwarding to `logic`. Call it inside a Tokio runtime (it starts
+    /// the acknowledgement forwarder).
     pub fn new(config: GatewayConfig, logic: Arc<dyn Logic>) -> Arc<Gateway> {
         Arc::new(Gateway {
             config,
+            acks: AckForwarder::start(logic.clone()),
             logic,
             registry: Registry::default(),
         })

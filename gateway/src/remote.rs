@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use fastim_proto::internal::logic_client::LogicClient;
 use fastim_proto::internal::logic_server::Logic;
-use fastim_proto::internal::{AuthReply, AuthRequest, ClientCall, ClientReply, Disconnected, Empty, RefreshRoutes};
+use fastim_proto::internal::{
+    AckBatch, AuthReply, AuthRequest, ClientCall, ClientReply, Disconnected, Empty, RefreshRoutes,
+};
 use tokio::sync::mpsc;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -105,5 +107,9 @@ impl Logic for RemoteLogic {
 
     async fn refresh(&self, request: Request<RefreshRoutes>) -> Result<Response<Empty>, Status> {
         self.client.clone().refresh(request).await
+    }
+
+    async fn acks(&self, request: Request<AckBatch>) -> Result<Response<Empty>, Status> {
+        self.client.clone().acks(request).await
     }
 }

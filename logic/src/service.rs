@@ -16,9 +16,11 @@ use fastim_idgen::Snowflake;
 use fastim_proto::client::{self, ErrorCode};
 use fastim_proto::conversation::{self, Parsed};
 use fastim_proto::internal::{
-    self, AuthReply, AuthRequest, ClientCall, ClientReply, Device, Disconnected, Empty, KickRequest, PushBatch,
+    self, AckBatch, AuthReply, AuthRequest, ClientCall, ClientReply, Device, Disconnected, Empty, KickRequest,
+    PushBatch,
 };
 use fastim_proto::{Command, PROTOCOL_VERSION};
+use futures_util::StreamExt as _;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -843,6 +845,28 @@ impl internal::logic_server::Logic for LogicService {
             && let Err(e) = self.routes.unbind(&device).await
         {
             tracing::warn!(error = %e, "route removal failed; it expires");
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn acks(&self, request: Request<AckBatch>) -> Result<Response<Empty>, Status> {
+        // Mostly in-memory cursor moves; the first ack of a member in a conversation
+        // checks membership in the store, so a few run at once.
+        let refused: Vec<client::Error> = futures_util::stream::iter(request.into_inner().acks)
+            .map(|ack| async move {
+                let device = ack.device.as_ref()?;
+                let push_ack = client::PushAck {
+                    conversation: ack.conversation,
+                    seq: ack.seq,
+                };
+                self.push_ack(device, push_ack).await.err()
+            })
+            .buffer_unordered(16)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        if let Some(last) = refused.last() {
+            tracing::debug!(refused = refused.len(), last = %last, "acknowledgements refused; those cursors stay");
         }
         Ok(Response::new(Empty {}))
     }

@@ -451,6 +451,54 @@ async fn unacknowledged_pushes_are_resent() {
     }
 }
 
+/// PUSH_ACK gets no answer: the gateway hands it to logic in the background. It moves
+/// the acknowledging device's cursor (where its next sync starts); an ack of somebody
+/// else's conversation moves nothing and costs the connection nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_move_the_device_cursor_and_foreign_ones_are_ignored() {
+    use fastim_proto::client::{Ping, PushAck};
+    use fastim_proto::{Command, Frame};
+    let server = Standalone::start(&[]);
+    server.register(&["alice", "bob", "carol"]).await;
+    let (alice, _) = connect(&server.tcp, "alice").await;
+    let mut conversation = String::new();
+    for i in 0..3 {
+        conversation = alice
+            .send_text(Target::User("bob".into()), &format!("m{i}"))
+            .await
+            .unwrap()
+            .conversation;
+    }
+    let ack = |seq| {
+        Frame::new(
+            Command::PushAck,
+            0,
+            &PushAck {
+                conversation: conversation.clone(),
+                seq,
+            },
+        )
+    };
+    // Carol is not in the conversation: no error, and her connection still answers.
+    let mut carol = raw(&server.tcp).await;
+    carol.login("carol", DeviceKind::Mobile).await;
+    carol.send(ack(3)).await;
+    carol.send(Frame::new(Command::Ping, 9, &Ping {})).await;
+    let pong = carol.next(T).await.expect("pong");
+    assert_eq!((pong.command(), pong.request_id), (Some(Command::Ping), 9));
+    // Bob's phone says it holds up to 2 without syncing, and goes away.
+    let mut bob = raw(&server.tcp).await;
+    bob.login("bob", DeviceKind::Mobile).await;
+    bob.send(ack(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(bob);
+    // The same phone through the SDK: its sync starts after 2.
+    let (_bob, mut events) = connect(&server.tcp, "bob").await;
+    let got = messages(&mut events, 1, T).await;
+    assert_eq!((got[0].seq, got[0].text.as_str()), (3, "m2"));
+    no_more_messages(&mut events, Duration::from_millis(500)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_after_server_restart_resyncs() {
     let mut server = Standalone::start(&[]);
