@@ -35,6 +35,17 @@ struct State {
     version: u64,
 }
 
+impl State {
+    /// Stores `body` under `key` with the next resourceVersion; returns what was stored.
+    fn store(&mut self, key: String, body: &Value) -> Value {
+        self.version += 1;
+        let mut object = body.clone();
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        self.objects.insert(key, object.clone());
+        object
+    }
+}
+
 /// The fake API server; stops when dropped.
 pub struct FakeApi {
     pub addr: SocketAddr,
@@ -204,11 +215,7 @@ fn answer(state: &mut State, method: &str, path: &str, query: &str, body: &Value
                     &format!("{resource} \"{name}\" already exists"),
                 ));
             }
-            state.version += 1;
-            let mut object = body.clone();
-            object["metadata"]["resourceVersion"] = json!(state.version.to_string());
-            state.objects.insert(key, object.clone());
-            Some((201, object))
+            Some((201, state.store(key, body)))
         }
         ("PUT", Some(name)) => {
             let key = format!("{resource}/{ns_key}/{name}");
@@ -219,11 +226,7 @@ fn answer(state: &mut State, method: &str, path: &str, query: &str, body: &Value
             if current.is_some_and(|v| v != body["metadata"]["resourceVersion"]) {
                 return Some(status(409, "Conflict", "the object has been modified"));
             }
-            state.version += 1;
-            let mut object = body.clone();
-            object["metadata"]["resourceVersion"] = json!(state.version.to_string());
-            state.objects.insert(key, object.clone());
-            Some((200, object))
+            Some((200, state.store(key, body)))
         }
         ("PATCH", Some(name)) => {
             let key = format!("{resource}/{ns_key}/{name}");
